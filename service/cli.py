@@ -1,0 +1,234 @@
+"""Command line: `streamfit serve | broker | produce | lag | dev`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+
+from pathlib import Path
+from typing import Any
+
+from service.settings import Settings, SettingsError, load_settings
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+KAFKA_SETTINGS = (
+    "kafka_bootstrap",
+    "security_protocol",
+    "sasl_mechanism",
+    "sasl_username",
+    "sasl_password",
+    "ssl_cafile",
+)
+
+
+def _add_setting_flags(
+    parser: argparse.ArgumentParser,
+    only: tuple[str, ...] | None = None,
+    exclude: tuple[str, ...] = (),
+) -> None:
+    """One flag per setting, e.g. --batch-size for STREAMFIT_BATCH_SIZE."""
+    group = parser.add_argument_group("settings (also STREAMFIT_<NAME> environment variables)")
+    for name, field in Settings.model_fields.items():
+        if (only is not None and name not in only) or name in exclude:
+            continue
+        default = field.default
+        group.add_argument(
+            _flag(name),
+            dest=f"setting_{name}",
+            default=None,
+            metavar=name.upper(),
+            help=f"default: {default!r}" if name not in ("api_key", "sasl_password") else "secret",
+        )
+
+
+def _settings_from(args: argparse.Namespace, **fixed: Any) -> Settings:
+    overrides = {
+        key.removeprefix("setting_"): value
+        for key, value in vars(args).items()
+        if key.startswith("setting_") and value is not None
+    }
+    overrides.update({k: v for k, v in fixed.items() if v is not None})
+    return load_settings(**overrides)
+
+
+def _client_options(args: argparse.Namespace) -> dict[str, Any]:
+    return _settings_from(args).kafka_client_options()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = _settings_from(args)
+    return serve(settings)
+
+
+def serve(settings: Settings) -> int:
+    """Run the HTTP service (and the trainer, by role) until SIGINT/SIGTERM."""
+    import uvicorn
+
+    from service.api import create_app
+    from service.logs import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.http_host,
+        port=settings.http_port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+        lifespan="on",
+    )
+    server = uvicorn.Server(config)
+    # uvicorn re-raises the signal it shut down for, using the handler installed before it
+    # ran: make that a no-op for SIGTERM, so a graceful stop (Kubernetes) exits 0.
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    server.run()
+    return 0
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    from service.broker import EmbeddedBroker
+
+    broker = EmbeddedBroker(port=args.port)
+    broker.start(quiet=not args.verbose)
+    print(f"embedded Kafka broker listening on {broker.bootstrap} (Ctrl-C stops it)", flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        return broker.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        broker.stop()
+
+
+def cmd_produce(args: argparse.Namespace) -> int:
+    from service.producer import csv_pairs, produce, synthetic_pairs
+
+    settings = _settings_from(args)
+    total: int | None
+    if args.from_csv:
+        path = Path(args.from_csv)
+        if not path.is_file():
+            print(f"streamfit produce: no such file: {path}", file=sys.stderr)
+            return 2
+        pairs = csv_pairs(path, args.label_column)
+        total = None
+    else:
+        total = None if args.forever else args.rows
+        pairs = synthetic_pairs(total, args.seed, settings.num_features)
+    sent = asyncio.run(
+        produce(
+            settings.kafka_client_options(),
+            args.topic or settings.train_topic,
+            pairs,
+            partitions=args.partitions,
+            rate=args.rate,
+            total=total,
+            progress=not args.quiet,
+        )
+    )
+    print(f"produced {sent} records to {args.topic or settings.train_topic}", file=sys.stderr)
+    return 0
+
+
+def cmd_lag(args: argparse.Namespace) -> int:
+    from service.lag import format_table, group_lag
+
+    settings = _settings_from(args)
+    rows = asyncio.run(
+        group_lag(settings.kafka_client_options(), args.group, args.topic or settings.train_topic)
+    )
+    print(format_table(args.group, rows))
+    return 0
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    """`make run`: embedded broker + seeded topic + continuing stream + service, one Ctrl-C."""
+    from service.broker import EmbeddedBroker
+
+    broker = EmbeddedBroker(port=args.broker_port)
+    broker.start()
+    bootstrap = broker.bootstrap
+    print(f"broker on {bootstrap}; seeding {args.seed_rows} records into {args.topic}", flush=True)
+    env = {**os.environ, "STREAMFIT_KAFKA_BOOTSTRAP": bootstrap}
+    base = [sys.executable, "-m", "service", "produce", "--topic", args.topic, "--partitions", "3"]
+    stream: subprocess.Popen[bytes] | None = None
+    try:
+        subprocess.run([*base, "--synthetic", "--rows", str(args.seed_rows), "--seed", "1"], env=env, check=True)
+        stream = subprocess.Popen(
+            [*base, "--synthetic", "--forever", "--seed", "2", "--rate", str(args.rate), "--quiet"],
+            env=env,
+        )
+        settings = _settings_from(args, kafka_bootstrap=bootstrap, train_topic=args.topic, log_format="text")
+        print(f"serving on http://{settings.http_host}:{settings.http_port} (Ctrl-C stops everything)", flush=True)
+        return serve(settings)
+    finally:
+        if stream is not None:
+            stream.terminate()
+            stream.wait()
+        broker.stop()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="streamfit", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve_parser = commands.add_parser("serve", help="run the service")
+    _add_setting_flags(serve_parser)
+    serve_parser.set_defaults(func=cmd_serve)
+
+    broker_parser = commands.add_parser("broker", help="run the embedded Kafka broker")
+    broker_parser.add_argument("--port", type=int, default=9092)
+    broker_parser.add_argument("--verbose", action="store_true", help="show the broker's log")
+    broker_parser.set_defaults(func=cmd_broker)
+
+    produce_parser = commands.add_parser("produce", help="write records to a topic")
+    produce_parser.add_argument("--topic", help="default: STREAMFIT_TRAIN_TOPIC")
+    produce_parser.add_argument("--partitions", type=int, default=1)
+    source = produce_parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--synthetic", action="store_true", help="SUSY-shaped synthetic data")
+    source.add_argument("--from-csv", metavar="PATH", help="CSV or CSV.gz, e.g. SUSY.csv.gz")
+    produce_parser.add_argument("--rows", type=int, default=100_000)
+    produce_parser.add_argument("--forever", action="store_true", help="synthetic: never stop")
+    produce_parser.add_argument("--seed", type=int, default=0)
+    produce_parser.add_argument("--label-column", type=int, default=0)
+    produce_parser.add_argument("--rate", type=float, default=0.0, help="records/s, 0 = max")
+    produce_parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_setting_flags(produce_parser, only=(*KAFKA_SETTINGS, "num_features", "train_topic"))
+    produce_parser.set_defaults(func=cmd_produce)
+
+    lag_parser = commands.add_parser("lag", help="consumer-group lag per partition")
+    lag_parser.add_argument("--group", required=True)
+    lag_parser.add_argument("--topic", help="default: STREAMFIT_TRAIN_TOPIC")
+    _add_setting_flags(lag_parser, only=(*KAFKA_SETTINGS, "train_topic"))
+    lag_parser.set_defaults(func=cmd_lag)
+
+    dev_parser = commands.add_parser("dev", help="broker + stream + service (what `make run` runs)")
+    dev_parser.add_argument("--broker-port", type=int, default=9092)
+    dev_parser.add_argument("--topic", default="susy-train")
+    dev_parser.add_argument("--seed-rows", type=int, default=20_000)
+    dev_parser.add_argument("--rate", type=float, default=500.0)
+    _add_setting_flags(dev_parser, exclude=("kafka_bootstrap", "train_topic"))
+    dev_parser.set_defaults(func=cmd_dev)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except SettingsError as exc:
+        print(f"streamfit: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+

@@ -1,0 +1,155 @@
+"""Learner: the Keras model, online standardization and prequential (test-then-train) metrics.
+
+`Learner.learn(x, y)` scores a batch with the model as it is, then trains on it once; both
+happen in one compiled TensorFlow function with a fixed input signature, so variable batch
+sizes never retrace. The learner is not thread-safe: one worker thread owns it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from service.online_stats import EPSILON, PrequentialWindow, RunningStandardizer  # noqa: E402
+
+def build_model(num_features: int, arch: str = "mlp") -> keras.Model:
+    """The tutorial's MLP (or a logistic regression, for comparison), ending in a sigmoid."""
+    layers: list[keras.layers.Layer]
+    if arch == "mlp":
+        layers = [
+            keras.layers.Dense(128, activation="relu"),
+            keras.layers.Dropout(0.2),
+            keras.layers.Dense(256, activation="relu"),
+            keras.layers.Dropout(0.4),
+            keras.layers.Dense(128, activation="relu"),
+            keras.layers.Dropout(0.4),
+            keras.layers.Dense(1, activation="sigmoid"),
+        ]
+    elif arch == "linear":
+        layers = [keras.layers.Dense(1, activation="sigmoid")]
+    else:
+        raise ValueError(f"unknown model architecture {arch!r}")
+    return keras.Sequential([keras.Input((num_features,)), *layers], name=f"streamfit_{arch}")
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What one `learn` call did: prequential probabilities and the training loss."""
+
+    probabilities: np.ndarray
+    loss: float
+    samples: int
+
+
+class Learner:
+    """Owns the model, its optimizer, the standardizer and the prequential metrics."""
+
+    def __init__(
+        self,
+        num_features: int,
+        arch: str = "mlp",
+        learning_rate: float = 1e-3,
+        seed: int = 0,
+        window: int = 10_000,
+    ) -> None:
+        keras.utils.set_random_seed(seed)
+        self.num_features = num_features
+        self.arch = arch
+        self.model = build_model(num_features, arch)
+        self.optimizer = keras.optimizers.Adam(learning_rate=learning_rate)
+        self.optimizer.build(self.model.trainable_variables)
+        self.standardizer = RunningStandardizer(num_features)
+        self.prequential = PrequentialWindow(window)
+        self.samples_trained = 0
+        self.batches_trained = 0
+        self.last_loss: float | None = None
+        spec = [
+            tf.TensorSpec([None, num_features], tf.float32),
+            tf.TensorSpec([None, num_features], tf.float32),
+            tf.TensorSpec([None], tf.float32),
+        ]
+        self._step = tf.function(self._test_then_train, input_signature=spec)
+
+    def _test_then_train(
+        self, x_before: tf.Tensor, x_after: tf.Tensor, y: tf.Tensor
+    ) -> tuple[tf.Tensor, tf.Tensor]:
+        probabilities = self.model(x_before, training=False)[:, 0]
+        with tf.GradientTape() as tape:
+            predicted = self.model(x_after, training=True)[:, 0]
+            predicted = tf.clip_by_value(predicted, EPSILON, 1 - EPSILON)
+            loss = -tf.reduce_mean(y * tf.math.log(predicted) + (1 - y) * tf.math.log(1 - predicted))
+        variables = self.model.trainable_variables
+        gradients = tape.gradient(loss, variables)
+        self.optimizer.apply_gradients(zip(gradients, variables, strict=True))
+        return probabilities, loss
+
+    def learn(self, x: np.ndarray, y: np.ndarray) -> BatchResult:
+        """Score the batch with the current model (test), then train on it once (train)."""
+        x_before = self.standardizer.transform(x)
+        self.standardizer.update(x)
+        x_after = self.standardizer.transform(x)
+        probabilities, loss = self._step(x_before, x_after, y.astype(np.float32))
+        probabilities = probabilities.numpy()
+        self.prequential.add(probabilities, y)
+        self.samples_trained += int(y.shape[0])
+        self.batches_trained += 1
+        self.last_loss = float(loss)
+        return BatchResult(probabilities, self.last_loss, int(y.shape[0]))
+
+    def evaluate_probabilities(self, x: np.ndarray) -> np.ndarray:
+        """Probabilities for raw features with the current model (no training)."""
+        return np.asarray(self.model(self.standardizer.transform(x), training=False))[:, 0]
+
+    def activations(self) -> list[str]:
+        """Activation of each Dense layer, in order (what a NumPy forward pass needs)."""
+        return [
+            layer.get_config()["activation"]
+            for layer in self.model.layers
+            if isinstance(layer, keras.layers.Dense)
+        ]
+
+    # -- state for checkpoints ------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        """A copy of everything a checkpoint must hold to resume learning exactly."""
+        return {
+            "weights": [np.array(w) for w in self.model.get_weights()],
+            "optimizer": [np.array(v) for v in self.optimizer.variables],
+            "standardizer": self.standardizer.state(),
+            "samples_trained": self.samples_trained,
+            "batches_trained": self.batches_trained,
+            "prequential": self.prequential.state(),
+            "last_loss": self.last_loss,
+            "num_features": self.num_features,
+            "arch": self.arch,
+            "activations": self.activations(),
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Load a state produced by `state()` (possibly by another process)."""
+        if state["num_features"] != self.num_features or state["arch"] != self.arch:
+            raise ValueError(
+                f"checkpoint is for {state['arch']} with {state['num_features']} features, "
+                f"the service is configured for {self.arch} with {self.num_features}"
+            )
+        self.model.set_weights(state["weights"])
+        variables = self.optimizer.variables
+        if len(variables) != len(state["optimizer"]):
+            raise ValueError("checkpoint optimizer state does not match the model")
+        for variable, value in zip(variables, state["optimizer"], strict=True):
+            variable.assign(value)
+        self.standardizer = RunningStandardizer.from_state(state["standardizer"])
+        self.samples_trained = int(state["samples_trained"])
+        self.batches_trained = int(state["batches_trained"])
+        self.prequential.restore(state["prequential"])
+        loss = state.get("last_loss")
+        self.last_loss = None if loss is None or math.isnan(loss) else float(loss)

@@ -1,0 +1,57 @@
+"""Metrics: every Prometheus metric of the service, declared once (names from SPEC.md)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+SAMPLES_TRAINED = Counter("streamfit_samples_trained", "Samples the model has learned from")
+BATCHES_TRAINED = Counter("streamfit_batches_trained", "Mini-batches trained")
+RECORDS_REJECTED = Counter(
+    "streamfit_records_rejected", "Records sent to the dead-letter topic, by reason", ["reason"]
+)
+DEAD_LETTER_FAILURES = Counter(
+    "streamfit_dead_letter_failures", "Dead-letter writes that failed and will be retried"
+)
+MODEL_VERSION = Gauge("streamfit_model_version", "Version of the model being served")
+PREQUENTIAL_ACCURACY = Gauge(
+    "streamfit_prequential_accuracy", "Test-then-train accuracy over the recent window"
+)
+PREQUENTIAL_LOSS = Gauge(
+    "streamfit_prequential_loss", "Test-then-train log-loss over the recent window"
+)
+TRAIN_LOSS = Gauge("streamfit_train_loss", "Training loss of the last mini-batch")
+CONSUMER_LAG = Gauge(
+    "streamfit_consumer_lag", "Records in the partition not yet learned", ["topic", "partition"]
+)
+CHECKPOINT_TIMESTAMP = Gauge(
+    "streamfit_checkpoint_timestamp_seconds", "Unix time of the newest checkpoint"
+)
+CHECKPOINT_DURATION = Histogram(
+    "streamfit_checkpoint_duration_seconds",
+    "Time to write a checkpoint",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+CHECKPOINT_FAILURES = Counter(
+    "streamfit_checkpoint_failures", "Checkpoint writes that failed (offsets not committed)"
+)
+TRAIN_BATCH_DURATION = Histogram(
+    "streamfit_train_batch_duration_seconds",
+    "Time to test-then-train one mini-batch",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+PREDICTION_DURATION = Histogram(
+    "streamfit_prediction_duration_seconds",
+    "Time to compute one prediction request's probabilities",
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1),
+)
+KAFKA_CONNECTED = Gauge("streamfit_kafka_connected", "1 if the last Kafka fetch succeeded")
+TRAINING_ACTIVE = Gauge("streamfit_training_active", "1 while the trainer consumes and learns")
+HTTP_REQUESTS = Counter(
+    "streamfit_http_requests", "HTTP requests by route, method and status", ["route", "method", "status"]
+)
+HTTP_DURATION = Histogram(
+    "streamfit_http_request_duration_seconds",
+    "HTTP request latency by route",
+    ["route", "method"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+)

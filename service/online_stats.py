@@ -1,0 +1,109 @@
+"""Online statistics: running standardization and the prequential (test-then-train) window.
+
+Pure NumPy, no TensorFlow, so the predictor role can use them without loading a model runtime.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+import numpy as np
+
+EPSILON = 1e-7
+
+
+class RunningStandardizer:
+    """Running mean and variance per feature (Chan et al. parallel update), float64.
+
+    >>> s = RunningStandardizer(2)
+    >>> s.update(np.array([[1.0, 10.0], [3.0, 30.0]]))
+    >>> s.mean.tolist(), s.std().tolist()
+    ([2.0, 20.0], [1.0, 10.0])
+    """
+
+    def __init__(self, num_features: int) -> None:
+        self.count = 0
+        self.mean = np.zeros(num_features)
+        self.m2 = np.zeros(num_features)
+
+    def update(self, x: np.ndarray) -> None:
+        n = x.shape[0]
+        if n == 0:
+            return
+        batch_mean = x.mean(axis=0, dtype=np.float64)
+        batch_m2 = ((x - batch_mean) ** 2).sum(axis=0, dtype=np.float64)
+        total = self.count + n
+        delta = batch_mean - self.mean
+        self.mean = self.mean + delta * (n / total)
+        self.m2 = self.m2 + batch_m2 + delta**2 * (self.count * n / total)
+        self.count = total
+
+    def std(self) -> np.ndarray:
+        if self.count < 2:
+            return np.ones_like(self.mean)
+        std = np.sqrt(self.m2 / self.count)
+        return np.where(std > 1e-12, std, 1.0)
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> RunningStandardizer:
+        """Rebuild from the `{"count", "mean", "m2"}` dict a checkpoint holds."""
+        mean = np.asarray(state["mean"], dtype=np.float64)
+        standardizer = cls(int(mean.shape[0]))
+        standardizer.count = int(state["count"])
+        standardizer.mean = mean
+        standardizer.m2 = np.asarray(state["m2"], dtype=np.float64)
+        return standardizer
+
+    def state(self) -> dict[str, Any]:
+        return {"count": self.count, "mean": self.mean.copy(), "m2": self.m2.copy()}
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        return ((x - self.mean) / self.std()).astype(np.float32)
+
+
+class PrequentialWindow:
+    """Accuracy and log-loss of test-then-train predictions over the last `window` samples."""
+
+    def __init__(self, window: int = 10_000) -> None:
+        self.window = window
+        self._batches: deque[tuple[int, float, float]] = deque()
+        self._count = 0
+        self._correct = 0.0
+        self._loss = 0.0
+
+    def add(self, probabilities: np.ndarray, labels: np.ndarray) -> None:
+        n = int(labels.shape[0])
+        if n == 0:
+            return
+        p = np.clip(probabilities.astype(np.float64), EPSILON, 1 - EPSILON)
+        correct = float(((p >= 0.5) == (labels >= 0.5)).sum())
+        loss = float(-(labels * np.log(p) + (1 - labels) * np.log(1 - p)).sum())
+        self._batches.append((n, correct, loss))
+        self._count += n
+        self._correct += correct
+        self._loss += loss
+        while self._batches and self._count - self._batches[0][0] >= self.window:
+            old_n, old_correct, old_loss = self._batches.popleft()
+            self._count -= old_n
+            self._correct -= old_correct
+            self._loss -= old_loss
+
+    @property
+    def accuracy(self) -> float | None:
+        return self._correct / self._count if self._count else None
+
+    @property
+    def loss(self) -> float | None:
+        return self._loss / self._count if self._count else None
+
+    def state(self) -> list[list[float]]:
+        return [list(b) for b in self._batches]
+
+    def restore(self, state: list[list[float]]) -> None:
+        self.__init__(self.window)  # type: ignore[misc]
+        for n, correct, loss in state:
+            self._batches.append((int(n), correct, loss))
+            self._count += int(n)
+            self._correct += correct
+            self._loss += loss

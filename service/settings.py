@@ -1,0 +1,100 @@
+"""Settings: every knob of the service, read once from the environment (prefix STREAMFIT_)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SettingsError(Exception):
+    """A setting is invalid; the message is one line naming it."""
+
+
+class Settings(BaseSettings):
+    """The service configuration. Field names are the setting names in lower case."""
+
+    model_config = SettingsConfigDict(env_prefix="STREAMFIT_", extra="ignore", frozen=True)
+
+    kafka_bootstrap: str = Field("127.0.0.1:9092", min_length=1)
+    train_topic: str = Field("susy-train", min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._-]+$")
+    group_id: str = Field("streamfit", min_length=1)
+    batch_size: int = Field(256, ge=1, le=65536)
+    stream_timeout_ms: int = Field(-1, ge=-1)
+    num_features: int = Field(18, ge=1, le=100_000)
+    message_format: Literal["csv", "json"] = "csv"
+    dlq_topic: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]+$")
+    max_record_bytes: int = Field(1_000_000, ge=64)
+    checkpoint_dir: Path = Path("./checkpoints")
+    checkpoint_interval_s: float = Field(30.0, gt=0)
+    checkpoint_keep: int = Field(5, ge=1)
+    model_name: str = Field("susy", min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
+    model_arch: Literal["mlp", "linear"] = "mlp"
+    learning_rate: float = Field(1e-3, gt=0)
+    seed: int = 0
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(8000, ge=0, le=65535)
+    max_request_bytes: int = Field(4_000_000, ge=1024)
+    role: Literal["all", "trainer", "predictor"] = "all"
+    api_key: str | None = None
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    log_format: Literal["json", "text"] = "json"
+    predictor_reload_s: float = Field(2.0, gt=0)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = Field(None, repr=False)
+    ssl_cafile: Path | None = None
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _sasl_complete(self) -> Settings:
+        if self.security_protocol.startswith("SASL") and not (
+            self.sasl_mechanism and self.sasl_username and self.sasl_password
+        ):
+            raise ValueError(
+                "SASL security needs STREAMFIT_SASL_MECHANISM, _SASL_USERNAME and _SASL_PASSWORD"
+            )
+        return self
+
+    @property
+    def dead_letter_topic(self) -> str:
+        """The dead-letter topic: `DLQ_TOPIC`, or `<train topic>.dlq`."""
+        return self.dlq_topic or f"{self.train_topic}.dlq"
+
+    def kafka_client_options(self) -> dict[str, object]:
+        """Connection options shared by every aiokafka client (bootstrap and security)."""
+        options: dict[str, object] = {
+            "bootstrap_servers": self.kafka_bootstrap,
+            "security_protocol": self.security_protocol,
+        }
+        if self.security_protocol.startswith("SASL"):
+            options.update(
+                sasl_mechanism=self.sasl_mechanism,
+                sasl_plain_username=self.sasl_username,
+                sasl_plain_password=self.sasl_password,
+            )
+        if self.security_protocol.endswith("SSL"):
+            from aiokafka.helpers import create_ssl_context
+
+            options["ssl_context"] = create_ssl_context(
+                cafile=str(self.ssl_cafile) if self.ssl_cafile else None
+            )
+        return options
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build Settings from the environment plus explicit overrides, or raise SettingsError."""
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = ".".join(str(p) for p in first["loc"]) or "settings"
+        env = f"STREAMFIT_{name.upper()}" if first["loc"] else "settings"
+        raise SettingsError(f"invalid setting {env}: {first['msg']}") from None

@@ -1,0 +1,432 @@
+"""Trainer: the consumer task that moves records from Kafka through the learner to checkpoints.
+
+One asyncio task owns the aiokafka consumer. Per mini-batch it decodes (codec), sends rejects
+to the dead-letter topic, and hands the good rows to the learner on a single worker thread, so
+the event loop keeps heartbeats, HTTP and the consumer alive. Offsets advance in memory only
+after the learner has learned a batch; they reach Kafka only after a checkpoint holding them is
+on disk (exactly-once effect, SPEC.md "Training semantics"). Any failure in a batch rewinds the
+consumer to the learned offsets, so nothing is skipped or learned twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+from aiokafka.structs import OffsetAndMetadata
+
+from service import metrics
+from service.checkpoints import Checkpoint, CheckpointStore, offset_key, parse_offset_key
+from service.codec import Codec, DecodedBatch, Reject
+from service.serving import SnapshotHolder, snapshot_from_learner
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+RECONNECT_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, trainer: Trainer) -> None:
+        self._trainer = trainer
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await self._trainer._on_revoked(list(revoked))
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        await self._trainer._on_assigned(list(assigned))
+
+
+class Trainer:
+    """Consumes the train topic into a Learner and checkpoints it; publishes snapshots."""
+
+    def __init__(self, settings: Settings, snapshots: SnapshotHolder) -> None:
+        self.settings = settings
+        self.snapshots = snapshots
+        self.store = CheckpointStore(settings.checkpoint_dir, settings.checkpoint_keep)
+        self.codec = Codec(settings.num_features, settings.message_format, settings.max_record_bytes)
+        self.learner: Any = None
+        self.version = 0
+        self.checkpoint_meta: dict[str, Any] | None = None
+        self.offsets: dict[TopicPartition, int] = {}
+        self.committed: dict[TopicPartition, int] = {}
+        self.state = "starting"
+        self.kafka_connected = False
+        self.last_error: str | None = None
+        self.paused = False
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._train_thread = ThreadPoolExecutor(1, thread_name_prefix="streamfit-learn")
+        self._io_thread = ThreadPoolExecutor(1, thread_name_prefix="streamfit-checkpoint")
+        self._batch_lock = asyncio.Lock()
+        self._checkpoint_lock = asyncio.Lock()
+        self._learned_since_checkpoint = False
+        self._last_checkpoint = time.monotonic()
+        self._last_record = time.monotonic()
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Restore the newest checkpoint, publish a model, start consuming in the background."""
+        await self._in_learner_thread(self._restore)
+        self._task = asyncio.create_task(self._run(), name="streamfit-trainer")
+
+    async def stop(self) -> None:
+        """Stop fetching, finish the batch in flight, checkpoint, commit, leave the group."""
+        self._stopping.set()
+        if self._task is not None:
+            await self._task
+        self._train_thread.shutdown(wait=True)
+        self._io_thread.shutdown(wait=True)
+
+    async def _in_learner_thread(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._train_thread, fn, *args)
+
+    def _restore(self) -> None:
+        from service.learner import Learner  # TensorFlow loads here, off the event loop
+
+        s = self.settings
+        self.learner = Learner(s.num_features, s.model_arch, s.learning_rate, s.seed)
+        checkpoint = self.store.latest()
+        if checkpoint is not None:
+            self.learner.restore(checkpoint.state)
+            self.version = checkpoint.version
+            self.checkpoint_meta = checkpoint.metadata()
+            self.offsets = {
+                TopicPartition(*parse_offset_key(k)): v for k, v in checkpoint.offsets.items()
+            }
+            metrics.CHECKPOINT_TIMESTAMP.set(checkpoint.created_at)
+            log.info(
+                "restored checkpoint",
+                extra={
+                    "version": checkpoint.version,
+                    "samples_trained": self.learner.samples_trained,
+                    "offsets": checkpoint.offsets,
+                },
+            )
+        # A new run numbers its checkpoints above anything on disk, even unreadable files.
+        self.version = max(self.version, self.store.newest_version())
+        self._publish()
+        self._update_learning_metrics()
+
+    def _publish(self) -> None:
+        self.snapshots.publish(snapshot_from_learner(self.learner, self.version))
+        metrics.MODEL_VERSION.set(self.version)
+
+    def _update_learning_metrics(self) -> None:
+        accuracy = self.learner.prequential.accuracy
+        if accuracy is not None:
+            metrics.PREQUENTIAL_ACCURACY.set(accuracy)
+            metrics.PREQUENTIAL_LOSS.set(self.learner.prequential.loss)
+        if self.learner.last_loss is not None:
+            metrics.TRAIN_LOSS.set(self.learner.last_loss)
+
+    # -- the consumer task -----------------------------------------------------------------
+
+    async def _run(self) -> None:
+        attempt = 0
+        while not self._stopping.is_set() and self.state != "finished":
+            try:
+                await self._consume()
+                attempt = 0
+            except (KafkaError, OSError) as exc:
+                self._set_disconnected(exc)
+                delay = RECONNECT_BACKOFF_S[min(attempt, len(RECONNECT_BACKOFF_S) - 1)]
+                attempt += 1
+                log.warning("kafka unavailable, retrying", extra={"error": str(exc), "retry_in_s": delay})
+                try:
+                    await asyncio.wait_for(self._stopping.wait(), timeout=delay)
+                except TimeoutError:
+                    pass
+            except Exception as exc:  # a bug must not kill serving; it shows in /readyz
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.exception("trainer failed")
+                self.state = "failed"
+                return
+        if self.state != "finished":
+            self.state = "stopped"
+        metrics.TRAINING_ACTIVE.set(0)
+
+    def _set_disconnected(self, exc: BaseException) -> None:
+        self.kafka_connected = False
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        metrics.KAFKA_CONNECTED.set(0)
+
+    def _consumer_options(self) -> dict[str, Any]:
+        s = self.settings
+        return {
+            **s.kafka_client_options(),
+            "group_id": s.group_id,
+            "client_id": "streamfit-trainer",
+            "enable_auto_commit": False,
+            "auto_offset_reset": "earliest",
+            "max_poll_records": s.batch_size,
+            "fetch_max_bytes": 64 * 1024 * 1024,
+            "max_partition_fetch_bytes": 8 * 1024 * 1024,
+        }
+
+    async def _consume(self) -> None:
+        s = self.settings
+        consumer = AIOKafkaConsumer(**self._consumer_options())
+        producer = AIOKafkaProducer(
+            **s.kafka_client_options(), client_id="streamfit-dead-letter", acks="all", linger_ms=5
+        )
+        consumer.subscribe([s.train_topic], listener=_Rebalance(self))
+        try:
+            await consumer.start()
+            await producer.start()
+            self._consumer, self._producer = consumer, producer
+            self.kafka_connected, self.last_error = True, None
+            metrics.KAFKA_CONNECTED.set(1)
+            metrics.TRAINING_ACTIVE.set(1)
+            self.state = "paused" if self.paused else "running"
+            self._last_record = time.monotonic()
+            log.info("consuming", extra={"topic": s.train_topic, "group_id": s.group_id})
+            await self._loop(consumer)
+        finally:
+            self._consumer = None
+            if self.learner is not None and not self._stopping.is_set() and self.state != "finished":
+                # Leaving on an error: keep what was learned, committing if Kafka allows.
+                await self._checkpoint_quietly(consumer)
+            await self._close(consumer, producer)
+
+    async def _loop(self, consumer: AIOKafkaConsumer) -> None:
+        s = self.settings
+        while not self._stopping.is_set():
+            if self.paused:
+                consumer.pause(*consumer.assignment())
+            else:
+                consumer.resume(*consumer.assignment())
+            batches = await consumer.getmany(timeout_ms=200, max_records=s.batch_size)
+            self.kafka_connected = True
+            metrics.KAFKA_CONNECTED.set(1)
+            if any(batches.values()):
+                self._last_record = time.monotonic()
+                async with self._batch_lock:
+                    await self._learn_batches(consumer, batches)
+            self._update_lag(consumer)
+            if self._learned_since_checkpoint and (
+                time.monotonic() - self._last_checkpoint >= s.checkpoint_interval_s
+            ):
+                await self.checkpoint(consumer)
+            if (
+                s.stream_timeout_ms >= 0
+                and not self.paused
+                and (time.monotonic() - self._last_record) * 1000 > s.stream_timeout_ms
+            ):
+                log.info("stream timeout: no record for %d ms, training ends", s.stream_timeout_ms)
+                await self.checkpoint(consumer)
+                self.state = "finished"
+                return
+        await self.checkpoint(consumer)
+
+    async def _learn_batches(
+        self, consumer: AIOKafkaConsumer, batches: dict[TopicPartition, list[Any]]
+    ) -> None:
+        records = [record for part in batches.values() for record in part]
+        try:
+            decoded = self.codec.decode(records)
+            if decoded.rejects:
+                await self._dead_letter(decoded.rejects)
+            if len(decoded):
+                await self._in_learner_thread(self._learn, decoded)
+        except BaseException:
+            # Not learned: rewind so the same records come again.
+            for tp in batches:
+                self._rewind(consumer, tp)
+            raise
+        for tp, part in batches.items():
+            self.offsets[tp] = part[-1].offset + 1
+        self._learned_since_checkpoint = True
+
+    def _rewind(self, consumer: AIOKafkaConsumer, tp: TopicPartition) -> None:
+        try:
+            if tp in self.offsets:
+                consumer.seek(tp, self.offsets[tp])
+        except Exception:  # the consumer may be closing; a restart seeks from the checkpoint
+            log.debug("rewind failed", exc_info=True)
+
+    def _learn(self, batch: DecodedBatch) -> None:
+        started = time.perf_counter()
+        result = self.learner.learn(batch.features, batch.labels)
+        self._publish_from_thread()
+        metrics.TRAIN_BATCH_DURATION.observe(time.perf_counter() - started)
+        metrics.SAMPLES_TRAINED.inc(result.samples)
+        metrics.BATCHES_TRAINED.inc()
+        self._update_learning_metrics()
+
+    def _publish_from_thread(self) -> None:
+        self.snapshots.publish(snapshot_from_learner(self.learner, self.version))
+
+    async def _dead_letter(self, rejects: list[Reject]) -> None:
+        assert self._producer is not None
+        topic = self.settings.dead_letter_topic
+        futures = []
+        for reject in rejects:
+            record = reject.record
+            headers = [
+                ("error", f"{reject.reason}: {reject.detail}".encode()),
+                ("source.topic", record.topic.encode()),
+                ("source.partition", str(record.partition).encode()),
+                ("source.offset", str(record.offset).encode()),
+            ]
+            futures.append(
+                await self._producer.send(topic, value=record.value, key=record.key, headers=headers)
+            )
+        try:
+            await asyncio.gather(*futures)
+        except KafkaError:
+            metrics.DEAD_LETTER_FAILURES.inc()
+            raise
+        for reject in rejects:
+            metrics.RECORDS_REJECTED.labels(reason=reject.reason).inc()
+        log.warning(
+            "records sent to the dead-letter topic",
+            extra={"count": len(rejects), "topic": topic, "first_error": rejects[0].detail},
+        )
+
+    # -- checkpoints and offsets -----------------------------------------------------------
+
+    async def checkpoint(self, consumer: AIOKafkaConsumer | None = None) -> Checkpoint | None:
+        """Write a checkpoint of what has been learned, then commit its offsets to Kafka."""
+        consumer = consumer or self._consumer
+        async with self._checkpoint_lock:
+            async with self._batch_lock:
+                if not self._learned_since_checkpoint and self.version > 0:
+                    return None
+                state = await self._in_learner_thread(self.learner.state)
+                offsets = dict(self.offsets)
+                self._learned_since_checkpoint = False
+            version = self.version + 1
+            checkpoint = Checkpoint(
+                version=version,
+                state=state,
+                offsets={offset_key(tp.topic, tp.partition): o for tp, o in offsets.items()},
+                extra={"group_id": self.settings.group_id},
+            )
+            started = time.perf_counter()
+            try:
+                await asyncio.get_running_loop().run_in_executor(
+                    self._io_thread, self.store.save, checkpoint
+                )
+            except OSError as exc:
+                self._learned_since_checkpoint = True
+                self.last_error = f"checkpoint failed: {exc}"
+                metrics.CHECKPOINT_FAILURES.inc()
+                log.error("checkpoint failed, offsets not committed", extra={"error": str(exc)})
+                self._last_checkpoint = time.monotonic()
+                return None
+            metrics.CHECKPOINT_DURATION.observe(time.perf_counter() - started)
+            metrics.CHECKPOINT_TIMESTAMP.set(checkpoint.created_at)
+            self.version = version
+            self.checkpoint_meta = checkpoint.metadata()
+            self._last_checkpoint = time.monotonic()
+            current = self.snapshots.current
+            if current is not None:
+                self.snapshots.publish(replace(current, version=version))
+            metrics.MODEL_VERSION.set(version)
+            log.info(
+                "checkpoint written",
+                extra={"version": version, "samples_trained": state["samples_trained"]},
+            )
+        if consumer is not None:
+            await self._commit(consumer, offsets)
+        return checkpoint
+
+    async def _checkpoint_quietly(self, consumer: AIOKafkaConsumer) -> None:
+        try:
+            await self.checkpoint(consumer)
+        except Exception:
+            log.warning("checkpoint on disconnect failed", exc_info=True)
+
+    async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
+        assigned = consumer.assignment()
+        to_commit = {tp: OffsetAndMetadata(o, "") for tp, o in offsets.items() if tp in assigned}
+        if not to_commit:
+            return
+        try:
+            await asyncio.wait_for(consumer.commit(to_commit), timeout=10)
+        except (KafkaError, TimeoutError) as exc:
+            # The checkpoint stays the truth; the next commit covers these offsets.
+            log.warning("offset commit failed", extra={"error": str(exc)})
+            return
+        for tp, meta in to_commit.items():
+            self.committed[tp] = meta.offset
+
+    async def _on_assigned(self, assigned: list[TopicPartition]) -> None:
+        consumer = self._consumer
+        for tp in assigned:
+            if tp in self.offsets and consumer is not None:
+                consumer.seek(tp, self.offsets[tp])
+        if consumer is not None:
+            for tp in assigned:
+                try:
+                    committed = await consumer.committed(tp)
+                except KafkaError:
+                    committed = None
+                if committed is not None:
+                    self.committed[tp] = committed
+        log.info("partitions assigned", extra={"partitions": [f"{t.topic}:{t.partition}" for t in assigned]})
+
+    async def _on_revoked(self, revoked: list[TopicPartition]) -> None:
+        if not revoked or self._consumer is None:
+            return
+        # The next owner starts from the committed offsets: make them what we learned.
+        await self._checkpoint_quietly(self._consumer)
+        log.info("partitions revoked", extra={"partitions": [f"{t.topic}:{t.partition}" for t in revoked]})
+
+    async def _close(self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer) -> None:
+        for client in (consumer, producer):
+            try:
+                await asyncio.wait_for(client.stop(), timeout=10)
+            except Exception:
+                log.debug("client stop failed", exc_info=True)
+
+    # -- what the API reads ----------------------------------------------------------------
+
+    def _update_lag(self, consumer: AIOKafkaConsumer) -> None:
+        for tp in consumer.assignment():
+            highwater = consumer.highwater(tp)
+            position = self.offsets.get(tp)
+            if highwater is not None and position is not None:
+                metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(highwater - position, 0))
+
+    def lag_by_partition(self) -> list[dict[str, Any]]:
+        """Per assigned partition: committed offset, learned position, log end and lag."""
+        consumer = self._consumer
+        if consumer is None:
+            return []
+        rows = []
+        for tp in sorted(consumer.assignment()):
+            highwater = consumer.highwater(tp)
+            position = self.offsets.get(tp, self.committed.get(tp))
+            lag = None
+            if highwater is not None:
+                lag = max(highwater - (position or 0), 0)
+            rows.append(
+                {
+                    "topic": tp.topic,
+                    "partition": tp.partition,
+                    "committed_offset": self.committed.get(tp),
+                    "position": position,
+                    "log_end_offset": highwater,
+                    "lag": lag,
+                }
+            )
+        return rows
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "paused": self.paused,
+            "kafka_connected": self.kafka_connected,
+            "last_error": self.last_error,
+        }

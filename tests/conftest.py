@@ -1,0 +1,51 @@
+"""Fixtures: a real Kafka-protocol broker on a free loopback port, unique topics, services."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from service.broker import EmbeddedBroker, free_port
+from tests.support import ServiceProcess
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[EmbeddedBroker]:
+    """The embedded Tansu broker, shared by the session; tests use their own topics."""
+    instance = EmbeddedBroker(port=free_port())
+    instance.start()
+    yield instance
+    instance.stop()
+
+
+@pytest.fixture
+def topic() -> str:
+    return f"t-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def service_factory(
+    broker: EmbeddedBroker, topic: str, tmp_path: Path
+) -> Iterator[Callable[..., ServiceProcess]]:
+    """Start `streamfit serve` processes against the broker; all stopped at teardown."""
+    started: list[ServiceProcess] = []
+
+    def make(**settings: object) -> ServiceProcess:
+        env = {
+            "STREAMFIT_KAFKA_BOOTSTRAP": broker.bootstrap,
+            "STREAMFIT_TRAIN_TOPIC": topic,
+            "STREAMFIT_GROUP_ID": f"g-{topic}",
+            "STREAMFIT_CHECKPOINT_DIR": str(tmp_path / "checkpoints"),
+            "STREAMFIT_CHECKPOINT_INTERVAL_S": "1",
+        }
+        env.update({f"STREAMFIT_{k.upper()}": str(v) for k, v in settings.items()})
+        service = ServiceProcess(env, tmp_path / f"service-{len(started)}.log")
+        started.append(service)
+        return service
+
+    yield make
+    for service in started:
+        service.stop()
