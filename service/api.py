@@ -18,10 +18,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
 from service import __version__, metrics
-from service.checkpoints import CheckpointStore
+from service.checkpoints import CheckpointError, CheckpointStore
 from service.follower import CheckpointFollower
 from service.logs import request_id
-from service.serving import ModelSnapshot, SnapshotHolder
+from service.loopwatch import LoopWatch
+from service.serving import MicroBatcher, ModelSnapshot, SnapshotHolder
 from service.settings import Settings
 from service.trainer import Trainer
 
@@ -62,6 +63,8 @@ class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.snapshots = SnapshotHolder()
+        self.batcher = MicroBatcher(self.snapshots, metrics.PREDICTION_DURATION.observe)
+        self.loopwatch = LoopWatch()
         self.store = CheckpointStore(settings.checkpoint_dir, settings.checkpoint_keep)
         self.trainer: Trainer | None = None
         self.follower: CheckpointFollower | None = None
@@ -69,6 +72,7 @@ class Runtime:
         self.startup_error: str | None = None
 
     async def start(self) -> None:
+        self.loopwatch.start()
         try:
             if self.settings.role == "predictor":
                 self.follower = CheckpointFollower(
@@ -83,6 +87,7 @@ class Runtime:
             log.exception("start-up failed")
 
     async def stop(self) -> None:
+        await self.loopwatch.stop()
         if self.trainer is not None:
             await self.trainer.stop()
         if self.follower is not None:
@@ -220,22 +225,28 @@ def create_app(settings: Settings) -> FastAPI:
             raise HTTPException(422, "features must be finite (float32 range)")
         return x
 
-    def predict(snapshot: ModelSnapshot, x: np.ndarray) -> np.ndarray:
-        started = time.perf_counter()
-        probabilities = snapshot.predict(x)
-        metrics.PREDICTION_DURATION.observe(time.perf_counter() - started)
-        return probabilities
+    def require_json(request: Request) -> None:
+        content_type = request.headers.get("content-type", "")
+        if content_type.split(";")[0].strip().lower() != "application/json":
+            raise HTTPException(415, f"content-type must be application/json, got {content_type!r}")
 
-    @app.post("/v1/models/{name}:predict", response_model=PredictResponse, tags=["predict"])
+    json_only = [Depends(require_json)]
+
+    @app.post(
+        "/v1/models/{name}:predict",
+        response_model=PredictResponse,
+        dependencies=json_only,
+        tags=["predict"],
+    )
     async def predict_v1(name: str, body: PredictRequest) -> dict[str, Any]:
         """One probability per instance, from the current model snapshot."""
         snapshot = snapshot_for(name)
         if len({len(row) for row in body.instances}) != 1:
             raise HTTPException(422, "all instances must have the same number of features")
-        probabilities = predict(snapshot, features(body.instances, snapshot))
-        return {"predictions": probabilities.tolist(), "model_version": snapshot.version}
+        probabilities, version = await runtime.batcher.predict(features(body.instances, snapshot))
+        return {"predictions": probabilities.tolist(), "model_version": version}
 
-    @app.post("/v2/models/{name}/infer", tags=["predict"])
+    @app.post("/v2/models/{name}/infer", dependencies=json_only, tags=["predict"])
     async def infer_v2(name: str, body: InferRequest) -> dict[str, Any]:
         """Open Inference Protocol: FP32 input [n, num_features] -> output `probability` [n, 1]."""
         snapshot = snapshot_for(name)
@@ -248,10 +259,10 @@ def create_app(settings: Settings) -> FastAPI:
         if n < 1 or n * width != flat.size:
             raise HTTPException(422, f"shape {tensor.shape} does not match {flat.size} data values")
         x = features(flat.reshape(n, width), snapshot)
-        probabilities = predict(snapshot, x)
+        probabilities, version = await runtime.batcher.predict(x)
         return {
             "model_name": name,
-            "model_version": str(snapshot.version),
+            "model_version": str(version),
             "id": body.id,
             "outputs": [
                 {
@@ -329,7 +340,12 @@ def create_app(settings: Settings) -> FastAPI:
         }
 
     async def live() -> dict[str, Any]:
-        return {"status": "alive", "uptime_s": round(time.time() - runtime.started_at, 3)}
+        return {
+            "status": "alive",
+            "uptime_s": round(time.time() - runtime.started_at, 3),
+            "event_loop_lag_max_s": round(runtime.loopwatch.max_lag_s, 6),
+            "event_loop_lag_recent_max_s": round(runtime.loopwatch.recent_max_lag_s, 6),
+        }
 
     async def ready() -> JSONResponse:
         snapshot = runtime.snapshots.current
@@ -403,6 +419,18 @@ def create_app(settings: Settings) -> FastAPI:
         trainer = require_trainer()
         written = await trainer.checkpoint()
         return {"written": written is not None, "checkpoint": trainer.checkpoint_meta}
+
+    @app.post("/admin/rollback/{version}", dependencies=admin, tags=["admin"])
+    async def rollback(version: int) -> dict[str, Any]:
+        """Go back to a retained checkpoint's model; it is saved as a new, higher version."""
+        trainer = require_trainer()
+        if version not in runtime.store.versions():
+            raise HTTPException(404, f"checkpoint version {version} is not retained")
+        try:
+            written = await trainer.rollback(version)
+        except CheckpointError as exc:
+            raise HTTPException(409, f"checkpoint version {version} is unusable: {exc}") from exc
+        return {"rolled_back_to": version, "checkpoint": written.metadata() if written else None}
 
     @app.get("/admin/versions", dependencies=admin, tags=["admin"])
     async def versions() -> dict[str, Any]:

@@ -218,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     dev_parser.add_argument("--rate", type=float, default=500.0)
     _add_setting_flags(dev_parser, exclude=("kafka_bootstrap", "train_topic"))
     dev_parser.set_defaults(func=cmd_dev)
+    add_batch_commands(commands)
     return parser
 
 
@@ -232,3 +233,90 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+BATCH_SETTINGS = (
+    *KAFKA_SETTINGS,
+    "num_features",
+    "message_format",
+    "max_record_bytes",
+    "checkpoint_dir",
+    "checkpoint_keep",
+    "log_level",
+    "log_format",
+)
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    """`streamfit fit`: replay a topic for epochs into the model, checkpoint at its end."""
+    from service.fitting import FitError, fit, format_fit_report
+    from service.logs import configure_logging
+
+    settings = _settings_from(args, batch_size=args.batch_size)
+    configure_logging(settings.log_level, settings.log_format)
+    topic = args.topic or settings.train_topic
+    try:
+        report = fit(settings, topic, args.epochs, fresh=args.fresh, progress=not args.quiet)
+    except FitError as exc:
+        print(f"streamfit fit: {exc}", file=sys.stderr)
+        return 1
+    print(format_fit_report(report), flush=True)
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    """`streamfit score`: exactly-once batch inference for a consumer group."""
+    from service.logs import configure_logging
+    from service.scoring import ScoringError, crash_hook_from_env, format_score_report, score
+
+    settings = _settings_from(args)
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        report = score(
+            settings,
+            args.topic,
+            args.group,
+            args.output_topic,
+            args.transactions,
+            args.batch_size,
+            progress=not args.quiet,
+            after_write=crash_hook_from_env(),
+        )
+    except ScoringError as exc:
+        print(f"streamfit score: {exc}", file=sys.stderr)
+        return 1
+    print(format_score_report(report), flush=True)
+    return 0
+
+
+def add_batch_commands(commands: Any) -> None:
+    """The tutorial's batch flows: `fit` (train from a topic) and `score` (batch inference)."""
+    fit_parser = commands.add_parser(
+        "fit", help="train on a whole topic for epochs; checkpoint where `serve` continues"
+    )
+    fit_parser.add_argument("--topic", help="default: STREAMFIT_TRAIN_TOPIC")
+    fit_parser.add_argument("--epochs", type=int, default=1)
+    fit_parser.add_argument("--batch-size", type=int, help="default: STREAMFIT_BATCH_SIZE")
+    fit_parser.add_argument(
+        "--fresh", action="store_true", help="start a new model even if a checkpoint exists"
+    )
+    fit_parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_setting_flags(
+        fit_parser, only=(*BATCH_SETTINGS, "train_topic", "model_arch", "learning_rate", "seed")
+    )
+    fit_parser.set_defaults(func=cmd_fit)
+
+    score_parser = commands.add_parser(
+        "score", help="exactly-once batch inference of a topic for a consumer group"
+    )
+    score_parser.add_argument("--topic", required=True)
+    score_parser.add_argument("--group", required=True, help="consumer group holding progress")
+    score_parser.add_argument("--output-topic", help="default: <topic>.predictions")
+    score_parser.add_argument(
+        "--transactions",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="Kafka transactions: auto tries them and falls back to write-then-commit",
+    )
+    score_parser.add_argument("--batch-size", type=int, help="default: STREAMFIT_BATCH_SIZE")
+    score_parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_setting_flags(score_parser, only=(*BATCH_SETTINGS, "dlq_topic"))
+    score_parser.set_defaults(func=cmd_score)

@@ -55,3 +55,8 @@ HTTP_DURATION = Histogram(
     ["route", "method"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
 )
+EVENT_LOOP_LAG = Histogram(
+    "streamfit_event_loop_lag_seconds",
+    "How late the event loop runs a timer (blocking shows here before heartbeats fail)",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)

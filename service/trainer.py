@@ -67,6 +67,7 @@ class Trainer:
         self._batch_lock = asyncio.Lock()
         self._checkpoint_lock = asyncio.Lock()
         self._learned_since_checkpoint = False
+        self._rolled_back_to: int | None = None
         self._last_checkpoint = time.monotonic()
         self._last_record = time.monotonic()
         self._stopping = asyncio.Event()
@@ -208,6 +209,11 @@ class Trainer:
             batches = await consumer.getmany(timeout_ms=200, max_records=s.batch_size)
             self.kafka_connected = True
             metrics.KAFKA_CONNECTED.set(1)
+            if self.paused and batches:
+                # Paused while the fetch was in flight: put the records back.
+                for tp, part in batches.items():
+                    self._rewind(consumer, tp, part[0].offset)
+                continue
             if any(batches.values()):
                 self._last_record = time.monotonic()
                 async with self._batch_lock:
@@ -240,17 +246,17 @@ class Trainer:
                 await self._in_learner_thread(self._learn, decoded)
         except BaseException:
             # Not learned: rewind so the same records come again.
-            for tp in batches:
-                self._rewind(consumer, tp)
+            for tp, part in batches.items():
+                self._rewind(consumer, tp, part[0].offset)
             raise
         for tp, part in batches.items():
             self.offsets[tp] = part[-1].offset + 1
         self._learned_since_checkpoint = True
 
-    def _rewind(self, consumer: AIOKafkaConsumer, tp: TopicPartition) -> None:
+    def _rewind(self, consumer: AIOKafkaConsumer, tp: TopicPartition, first: int) -> None:
+        """Seek back to the next offset not yet learned (`first` of the batch if unknown)."""
         try:
-            if tp in self.offsets:
-                consumer.seek(tp, self.offsets[tp])
+            consumer.seek(tp, self.offsets.get(tp, first))
         except Exception:  # the consumer may be closing; a restart seeks from the checkpoint
             log.debug("rewind failed", exc_info=True)
 
@@ -310,7 +316,7 @@ class Trainer:
                 version=version,
                 state=state,
                 offsets={offset_key(tp.topic, tp.partition): o for tp, o in offsets.items()},
-                extra={"group_id": self.settings.group_id},
+                extra={"group_id": self.settings.group_id, "rolled_back_to": self._rolled_back_to},
             )
             started = time.perf_counter()
             try:
@@ -325,6 +331,7 @@ class Trainer:
                 self._last_checkpoint = time.monotonic()
                 return None
             metrics.CHECKPOINT_DURATION.observe(time.perf_counter() - started)
+            self._rolled_back_to = None
             metrics.CHECKPOINT_TIMESTAMP.set(checkpoint.created_at)
             self.version = version
             self.checkpoint_meta = checkpoint.metadata()
@@ -340,6 +347,26 @@ class Trainer:
         if consumer is not None:
             await self._commit(consumer, offsets)
         return checkpoint
+
+    async def rollback(self, version: int) -> Checkpoint | None:
+        """Serve and keep learning from retained checkpoint `version`'s model.
+
+        Weights, optimizer state, standardizer and counters return to that version; the
+        consumer keeps its position (records since then are not learned again). The result is
+        written as a new, higher version. Raises CheckpointError if `version` is not readable.
+        """
+        checkpoint = await asyncio.to_thread(self.store.load, version)
+        async with self._batch_lock:
+            await self._in_learner_thread(self._adopt, checkpoint.state)
+            self._learned_since_checkpoint = True
+            self._rolled_back_to = version
+        log.warning("rolled back", extra={"to_version": version})
+        return await self.checkpoint()
+
+    def _adopt(self, state: dict[str, Any]) -> None:
+        self.learner.restore(state)
+        self._publish_from_thread()
+        self._update_learning_metrics()
 
     async def _checkpoint_quietly(self, consumer: AIOKafkaConsumer) -> None:
         try:

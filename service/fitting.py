@@ -1,0 +1,311 @@
+"""Fitting: batch training from a whole topic, for epochs, into a checkpoint `serve` resumes.
+
+`streamfit fit` is the tutorial's batch-training flow. It reads the topic once into memory with
+a group-less consumer assigned to every partition, up to each partition's end as it was when
+the read began (the high watermark from fetch responses: Tansu's ListOffsets(latest) is wrong,
+SPEC.md "The embedded broker"). It then trains a `Learner` on that data for `epochs` passes,
+shuffled per epoch, and writes a checkpoint whose offsets are those ends. `streamfit serve`
+with the same checkpoint directory restores it and seeks there, so online learning continues
+with the first record the fit did not see (warm start), each record learned exactly once more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+from aiokafka.structs import OffsetAndMetadata
+
+from service.checkpoints import Checkpoint, CheckpointStore, offset_key, parse_offset_key
+from service.codec import Codec
+from service.online_stats import PrequentialWindow
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class FitError(Exception):
+    """The topic cannot be fitted (missing, empty, unreadable) or the checkpoint does not fit."""
+
+
+async def topic_partitions(
+    consumer: AIOKafkaConsumer, topic: str
+) -> list[TopicPartition]:
+    """Every partition of `topic` (none if it does not exist), from fresh metadata.
+
+    Asks for all topics rather than this one, so a broker that auto-creates topics on
+    metadata requests does not create it.
+    """
+    partitions = consumer.partitions_for_topic(topic)
+    if not partitions:
+        cluster = await consumer._client.fetch_all_metadata()  # noqa: SLF001 - no public API
+        partitions = cluster.partitions_for_topic(topic)
+    return [TopicPartition(topic, p) for p in sorted(partitions or ())]
+
+
+@dataclass
+class TopicData:
+    """A topic's decodable records in memory, where it ended, and what was rejected."""
+
+    features: np.ndarray
+    labels: np.ndarray
+    end_offsets: dict[TopicPartition, int]
+    rejected: Counter[str] = field(default_factory=Counter)
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+async def read_topic(
+    client_options: dict[str, Any],
+    topic: str,
+    codec: Codec,
+    progress: bool = True,
+    timeout_s: float = 60.0,
+) -> TopicData:
+    """Read `topic` from its beginning to its current end (per partition) and decode it.
+
+    The end of each partition is fixed at the first high watermark a fetch reports, so records
+    written meanwhile are left for online training rather than read forever.
+    """
+    from tqdm import tqdm
+
+    consumer = AIOKafkaConsumer(
+        **client_options,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        client_id="streamfit-fit",
+        fetch_max_bytes=64 * 1024 * 1024,
+        max_partition_fetch_bytes=8 * 1024 * 1024,
+    )
+    await consumer.start()
+    features: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
+    rejected: Counter[str] = Counter()
+    ends: dict[TopicPartition, int] = {}
+    bar = tqdm(unit="rec", desc=f"reading {topic}", disable=not progress, leave=False)
+    try:
+        partitions = await topic_partitions(consumer, topic)
+        if not partitions:
+            raise FitError(f"topic {topic!r} does not exist")
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        done: set[TopicPartition] = set()
+        deadline = time.monotonic() + timeout_s
+        while len(done) < len(partitions):
+            batches = await consumer.getmany(timeout_ms=500, max_records=10_000)
+            records = []
+            for tp in partitions:
+                highwater = consumer.highwater(tp)
+                if tp not in ends and highwater is not None:
+                    ends[tp] = highwater
+                if tp in ends:
+                    records.extend(r for r in batches.get(tp, ()) if r.offset < ends[tp])
+            if records:
+                decoded = codec.decode(records)
+                features.append(decoded.features)
+                labels.append(decoded.labels)
+                rejected.update(reject.reason for reject in decoded.rejects)
+                bar.update(len(records))
+                deadline = time.monotonic() + timeout_s
+            for tp in ends:
+                if tp not in done and await consumer.position(tp) >= ends[tp]:
+                    done.add(tp)
+            if time.monotonic() > deadline:
+                missing = sorted(f"{tp.topic}:{tp.partition}" for tp in set(partitions) - done)
+                raise FitError(f"no progress reading {missing} for {timeout_s:.0f}s")
+    finally:
+        bar.close()
+        await consumer.stop()
+    width = codec.num_features
+    return TopicData(
+        features=np.concatenate(features) if features else np.empty((0, width), np.float32),
+        labels=np.concatenate(labels) if labels else np.empty((0,), np.float32),
+        end_offsets=ends,
+        rejected=rejected,
+    )
+
+
+@dataclass(frozen=True)
+class FitReport:
+    """What a fit did: the data, the last epoch's training metrics, the checkpoint written."""
+
+    topic: str
+    records: int
+    rejected: dict[str, int]
+    epochs: int
+    accuracy: float | None
+    log_loss: float | None
+    samples_trained: int
+    resumed_from: int | None
+    version: int
+    offsets: dict[str, int]
+    path: Path
+    committed_group: str | None
+
+
+def train_epochs(
+    learner: Any,
+    data: TopicData,
+    epochs: int,
+    batch_size: int,
+    seed: int,
+    progress: bool = True,
+) -> PrequentialWindow:
+    """Train `epochs` shuffled passes (test-then-train per batch); the last epoch's metrics.
+
+    Each batch is scored before it is trained on, so in epoch 1 the metrics are prequential
+    (honest); in later epochs the model has seen the records before.
+    """
+    from tqdm import tqdm
+
+    n = len(data)
+    metrics = PrequentialWindow(window=n + 1)
+    for epoch in range(1, epochs + 1):
+        order = np.random.default_rng([seed, epoch]).permutation(n)
+        metrics = PrequentialWindow(window=n + 1)
+        with tqdm(
+            total=n, unit="rec", desc=f"epoch {epoch}/{epochs}", disable=not progress
+        ) as bar:
+            for start in range(0, n, batch_size):
+                rows = order[start : start + batch_size]
+                labels = data.labels[rows]
+                result = learner.learn(data.features[rows], labels)
+                metrics.add(result.probabilities, labels)
+                bar.update(len(rows))
+                bar.set_postfix(accuracy=f"{metrics.accuracy:.4f}", loss=f"{metrics.loss:.4f}")
+    return metrics
+
+
+def fit(
+    settings: Settings, topic: str, epochs: int, fresh: bool = False, progress: bool = True
+) -> FitReport:
+    """Replay `topic` into the learner for `epochs` passes and checkpoint it at the topic's end.
+
+    Starts from the newest checkpoint in `settings.checkpoint_dir` unless `fresh`.
+    """
+    if epochs < 1:
+        raise FitError("--epochs must be at least 1")
+    codec = Codec(settings.num_features, settings.message_format, settings.max_record_bytes)
+    data = asyncio.run(read_topic(settings.kafka_client_options(), topic, codec, progress))
+    if len(data) == 0:
+        raise FitError(f"topic {topic!r} has no decodable records to fit")
+    if data.rejected:
+        log.warning(
+            "records rejected, not trained",
+            extra={"topic": topic, "rejected": dict(data.rejected)},
+        )
+
+    from service.learner import Learner  # TensorFlow loads here, only for fitting
+
+    learner = Learner(
+        settings.num_features, settings.model_arch, settings.learning_rate, settings.seed
+    )
+    store = CheckpointStore(settings.checkpoint_dir, settings.checkpoint_keep)
+    previous = None if fresh else store.latest()
+    offsets: dict[str, int] = {}
+    if previous is not None:
+        try:
+            learner.restore(previous.state)
+        except ValueError as exc:
+            raise FitError(f"{exc}; use --fresh to start a new model") from exc
+        # Positions on other topics stay what the restored model learned up to.
+        offsets = {
+            key: offset
+            for key, offset in previous.offsets.items()
+            if parse_offset_key(key)[0] != topic
+        }
+    metrics = train_epochs(learner, data, epochs, settings.batch_size, settings.seed, progress)
+    offsets.update({offset_key(tp.topic, tp.partition): o for tp, o in data.end_offsets.items()})
+    version = store.newest_version() + 1
+    checkpoint = Checkpoint(
+        version=version,
+        state=learner.state(),
+        offsets=offsets,
+        extra={
+            "fit": {
+                "topic": topic,
+                "epochs": epochs,
+                "records": len(data),
+                "rejected": dict(data.rejected),
+                "resumed_from": previous.version if previous else None,
+            }
+        },
+    )
+    path = store.save(checkpoint)
+    log.info("checkpoint written", extra={"version": version, "offsets": offsets})
+    committed = asyncio.run(
+        commit_group_offsets(settings.kafka_client_options(), settings.group_id, data.end_offsets)
+    )
+    return FitReport(
+        topic=topic,
+        records=len(data),
+        rejected=dict(data.rejected),
+        epochs=epochs,
+        accuracy=metrics.accuracy,
+        log_loss=metrics.loss,
+        samples_trained=learner.samples_trained,
+        resumed_from=previous.version if previous else None,
+        version=version,
+        offsets=offsets,
+        path=path,
+        committed_group=settings.group_id if committed else None,
+    )
+
+
+async def commit_group_offsets(
+    client_options: dict[str, Any], group_id: str, offsets: dict[TopicPartition, int]
+) -> bool:
+    """Commit a checkpoint's offsets for the service's consumer group; False if refused.
+
+    The checkpoint is what `serve` resumes from; committing the same offsets for its group
+    makes `streamfit lag` show where the model is, and a service that starts from committed
+    offsets starts there too. A group with live members refuses an outsider's commit: the
+    checkpoint still holds the truth.
+    """
+    consumer = AIOKafkaConsumer(
+        **client_options, group_id=group_id, enable_auto_commit=False, client_id="streamfit-fit"
+    )
+    try:
+        await consumer.start()
+        consumer.assign(list(offsets))
+        await consumer.commit({tp: OffsetAndMetadata(o, "") for tp, o in offsets.items()})
+    except KafkaError as exc:
+        log.warning(
+            "offsets not committed for the group (the checkpoint holds them)",
+            extra={"group_id": group_id, "error": f"{type(exc).__name__}: {exc}"},
+        )
+        return False
+    finally:
+        await consumer.stop()
+    return True
+
+
+def format_fit_report(report: FitReport) -> str:
+    """The lines `streamfit fit` prints."""
+    rejected = sum(report.rejected.values())
+    reasons = ", ".join(f"{k}={v}" for k, v in sorted(report.rejected.items()))
+    start = f"checkpoint {report.resumed_from}" if report.resumed_from else "a new model"
+    lines = [
+        f"fitted {report.records} records of {report.topic} x {report.epochs} epochs, "
+        f"starting from {start}",
+        f"rejected (not trained): {rejected}" + (f" ({reasons})" if reasons else ""),
+        f"last epoch (test-then-train): accuracy {report.accuracy:.4f}  "
+        f"log-loss {report.log_loss:.4f}",
+        f"checkpoint version {report.version}: {report.path} "
+        f"(samples trained {report.samples_trained}; offsets "
+        + ", ".join(f"{k}={v}" for k, v in sorted(report.offsets.items()))
+        + ")",
+    ]
+    if report.committed_group:
+        lines.append(f"offsets committed for consumer group {report.committed_group}")
+    return "\n".join(lines)

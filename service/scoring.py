@@ -1,0 +1,646 @@
+"""Scoring: exactly-once batch inference over a topic for a consumer group (`streamfit score`).
+
+The tutorial's KafkaGroupIODataset flow, done right. The newest checkpoint becomes a serving
+snapshot (NumPy forward pass, no TensorFlow). Every record of the input topic that consumer
+group G has not committed is scored once; one prediction per record goes to the output topic,
+keyed `topic/partition/offset` of its source record; records the codec rejects go to the
+dead-letter topic; then the batch's offsets are committed for G. The run stops at the end of
+every partition as it was when the run started (the high watermark from fetch responses).
+
+Exactly-once, two ways:
+- transactions (Apache Kafka): predictions, dead letters and the group's offsets are one
+  Kafka transaction per batch; readers with `isolation_level=read_committed` see each
+  prediction once, whatever crashes;
+- idempotent output (brokers that refuse transactions, e.g. the embedded Tansu broker): the
+  batch is written and acknowledged, THEN its offsets are committed. A crash in between makes
+  the next run score that batch again with the same model: the same keys with byte-identical
+  values, so the distinct keys of the output topic are exactly the input records.
+  Byte-identical needs a forward pass whose result for a row does not depend on which rows
+  share its batch; BLAS matrix products do not promise that, so scoring multiplies row by row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
+from aiokafka.structs import OffsetAndMetadata
+
+from service.checkpoints import CheckpointStore
+from service.codec import Codec, Reject
+from service.fitting import topic_partitions
+from service.online_stats import EPSILON
+from service.serving import ACTIVATIONS, ModelSnapshot, snapshot_from_state
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+TransactionMode = Literal["auto", "on", "off"]
+
+CRASH_ENV = "STREAMFIT_SCORE_CRASH_AFTER_WRITE"
+CRASH_EXIT_CODE = 86
+
+
+class ScoringError(Exception):
+    """Scoring cannot run: no checkpoint, no such topic, transactions required but refused."""
+
+
+# -- metrics ---------------------------------------------------------------------------------
+
+
+def roc_auc(probabilities: np.ndarray, labels: np.ndarray) -> float | None:
+    """Area under the ROC curve by ranks (Mann-Whitney U; ties get their average rank).
+
+    >>> roc_auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1]))
+    0.75
+    >>> roc_auc(np.array([0.5, 0.5]), np.array([0, 1]))
+    0.5
+    """
+    positives = int((labels == 1).sum())
+    negatives = int(labels.shape[0]) - positives
+    if positives == 0 or negatives == 0:
+        return None
+    _, inverse, counts = np.unique(probabilities, return_inverse=True, return_counts=True)
+    average_rank = np.cumsum(counts) - (counts - 1) / 2.0
+    ranks = average_rank[inverse]
+    u = ranks[labels == 1].sum() - positives * (positives + 1) / 2.0
+    return float(u / (positives * negatives))
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Accuracy (threshold 0.5), ROC AUC, log-loss and the confusion matrix of labelled rows.
+
+    `confusion` is ((true negatives, false positives), (false negatives, true positives)):
+    rows are the actual label, columns the predicted one.
+    """
+
+    count: int
+    accuracy: float
+    roc_auc: float | None
+    log_loss: float
+    confusion: tuple[tuple[int, int], tuple[int, int]]
+
+
+def evaluate(probabilities: np.ndarray, labels: np.ndarray) -> Evaluation | None:
+    """Metrics of probabilities against 0/1 labels; None if there are no labelled rows.
+
+    >>> e = evaluate(np.array([0.9, 0.2, 0.6, 0.4]), np.array([1, 0, 0, 1]))
+    >>> e.accuracy, e.confusion
+    (0.5, ((1, 1), (1, 1)))
+    """
+    if labels.shape[0] == 0:
+        return None
+    y = labels.astype(np.int64)
+    predicted = (probabilities >= 0.5).astype(np.int64)
+    p = np.clip(probabilities.astype(np.float64), EPSILON, 1 - EPSILON)
+    log_loss = float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+    cells = np.bincount(2 * y + predicted, minlength=4)
+    return Evaluation(
+        count=int(y.shape[0]),
+        accuracy=float((predicted == y).mean()),
+        roc_auc=roc_auc(probabilities, y),
+        log_loss=log_loss,
+        confusion=((int(cells[0]), int(cells[1])), (int(cells[2]), int(cells[3]))),
+    )
+
+
+# -- the model and the records ---------------------------------------------------------------
+
+
+def predict_rowwise(snapshot: ModelSnapshot, x: np.ndarray) -> np.ndarray:
+    """The snapshot's probabilities, each row multiplied on its own (stacked 1-row matmuls).
+
+    Gives bit-identical results for a row whatever rows share its batch, which a BLAS product
+    of the whole batch does not (measured: last-bit differences), at ~10 us per row.
+    """
+    h = ((np.asarray(x, dtype=np.float32) - snapshot.mean) / snapshot.std)[:, None, :]
+    for layer in snapshot.layers:
+        h = ACTIVATIONS[layer.activation](np.matmul(h, layer.kernel) + layer.bias)
+    return np.asarray(h[:, 0, 0])
+
+
+@dataclass(frozen=True)
+class _StandIn:
+    """An unlabelled record with a placeholder label, so the codec checks its features."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+def _placeholder(reject: Reject, message_format: str) -> _StandIn | None:
+    """A stand-in if the record was rejected only for lacking a label, else None."""
+    record = reject.record
+    if message_format == "csv":
+        if reject.reason != "missing_key":
+            return None
+        value = record.value
+    else:
+        if reject.reason != "bad_label":
+            return None
+        message = json.loads(record.value)  # it parsed once already
+        if message.get("label") is not None:
+            return None
+        value = json.dumps({"features": message["features"], "label": 0}).encode()
+    return _StandIn(record.topic, record.partition, record.offset, b"0", value)
+
+
+@dataclass
+class ScorableBatch:
+    """Records to score with their features and labels (NaN: unlabelled), and the rejects."""
+
+    records: list[Any]
+    features: np.ndarray
+    labels: np.ndarray
+    rejects: list[Reject]
+
+
+def decode_for_scoring(codec: Codec, records: Sequence[Any]) -> ScorableBatch:
+    """Decode like training does, except that a record without a label is scored, not rejected."""
+    decoded = codec.decode(records)
+    rejected = {id(reject.record) for reject in decoded.rejects}
+    labelled = [record for record in records if id(record) not in rejected]
+    if len(labelled) != len(decoded):  # the codec keeps the order and identity of good rows
+        raise AssertionError("codec returned rows that do not match its input records")
+    rejects: list[Reject] = []
+    originals: dict[int, Any] = {}
+    stand_ins: list[_StandIn] = []
+    for reject in decoded.rejects:
+        stand_in = _placeholder(reject, codec.message_format)
+        if stand_in is None:
+            rejects.append(reject)
+        else:
+            originals[id(stand_in)] = reject.record
+            stand_ins.append(stand_in)
+    unlabelled_records: list[Any] = []
+    features = [decoded.features]
+    if stand_ins:
+        second = codec.decode(stand_ins)
+        still_rejected = {id(reject.record) for reject in second.rejects}
+        rejects.extend(
+            Reject(originals[id(r.record)], r.reason, r.detail) for r in second.rejects
+        )
+        unlabelled_records = [originals[id(s)] for s in stand_ins if id(s) not in still_rejected]
+        features.append(second.features)
+    labels = np.concatenate(
+        [decoded.labels, np.full(len(unlabelled_records), np.nan, dtype=np.float32)]
+    )
+    return ScorableBatch(labelled + unlabelled_records, np.concatenate(features), labels, rejects)
+
+
+def prediction_key(record: Any) -> bytes:
+    """`topic/partition/offset` of the source record: the same record always gets the same key."""
+    return f"{record.topic}/{record.partition}/{record.offset}".encode()
+
+
+def prediction_value(probability: float, label: float, model_version: int) -> bytes:
+    """`{"probability": p, "label": 0|1|null, "model_version": V}`, byte-stable."""
+    return json.dumps(
+        {
+            "probability": float(probability),
+            "label": None if math.isnan(label) else int(label),
+            "model_version": model_version,
+        },
+        separators=(",", ":"),
+    ).encode()
+
+
+@dataclass(frozen=True)
+class OutgoingMessage:
+    """One record to produce: a prediction or a dead letter."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+def dead_letter(reject: Reject, topic: str) -> OutgoingMessage:
+    """The original key and value, with why and where from, as the trainer sends them."""
+    record = reject.record
+    return OutgoingMessage(
+        topic,
+        record.key,
+        record.value,
+        [
+            ("error", f"{reject.reason}: {reject.detail}".encode()),
+            ("source.topic", record.topic.encode()),
+            ("source.partition", str(record.partition).encode()),
+            ("source.offset", str(record.offset).encode()),
+        ],
+    )
+
+
+# -- output: transactional or idempotent -----------------------------------------------------
+
+AfterWrite = Callable[[], None]
+
+
+def crash_hook_from_env() -> AfterWrite | None:
+    """Fault injection for tests: with STREAMFIT_SCORE_CRASH_AFTER_WRITE=1, exit hard after
+    the first batch is written and before its offsets are committed."""
+    if os.environ.get(CRASH_ENV) != "1":
+        return None
+
+    def crash() -> None:
+        sys.stderr.write(f"{CRASH_ENV}=1: exiting after the first write, before its commit\n")
+        sys.stderr.flush()
+        os._exit(CRASH_EXIT_CODE)
+
+    return crash
+
+
+@contextlib.contextmanager
+def _quiet(logger_name: str) -> Iterator[None]:
+    """Silence a library logger while probing something expected to fail."""
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+class Output:
+    """Writes one batch's messages and commits its offsets for the group, exactly once.
+
+    `transactional` is decided at `start`: `on` requires transactions, `off` never tries,
+    `auto` tries and falls back to idempotent output (write, wait for acks, then commit).
+    """
+
+    def __init__(
+        self,
+        client_options: dict[str, Any],
+        group_id: str,
+        transactional_id: str,
+        mode: TransactionMode = "auto",
+        after_write: AfterWrite | None = None,
+    ) -> None:
+        self.client_options = client_options
+        self.group_id = group_id
+        self.transactional_id = transactional_id
+        self.mode = mode
+        self.after_write = after_write
+        self.transactional = False
+        self._producer: AIOKafkaProducer | None = None
+
+    async def start(self) -> None:
+        if self.mode != "off":
+            producer = AIOKafkaProducer(
+                **self.client_options,
+                client_id="streamfit-score",
+                transactional_id=self.transactional_id,
+                linger_ms=5,
+            )
+            try:
+                if self.mode == "auto":
+                    with _quiet("aiokafka.producer.sender"):
+                        await producer.start()
+                else:
+                    await producer.start()
+            except KafkaError as exc:
+                with contextlib.suppress(Exception):
+                    await producer.stop()
+                if self.mode == "on":
+                    raise ScoringError(
+                        f"the broker refused transactions ({type(exc).__name__}: {exc}); "
+                        "use --transactions auto or off"
+                    ) from exc
+                log.warning(
+                    "the broker refused transactions; falling back to idempotent output "
+                    "(write a batch, wait for its acks, then commit its offsets)",
+                    extra={"error": f"{type(exc).__name__}: {exc}"},
+                )
+            else:
+                self._producer, self.transactional = producer, True
+                return
+        producer = AIOKafkaProducer(
+            **self.client_options, client_id="streamfit-score", acks="all", linger_ms=5
+        )
+        await producer.start()
+        self._producer = producer
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    async def publish(
+        self,
+        consumer: AIOKafkaConsumer,
+        messages: list[OutgoingMessage],
+        offsets: dict[TopicPartition, int],
+    ) -> None:
+        """Write `messages`, then commit `offsets` (next offset per partition) for the group."""
+        producer = self._producer
+        assert producer is not None, "Output.start() first"
+        if self.transactional:
+            async with producer.transaction():
+                await self._write(producer, messages)
+                await producer.send_offsets_to_transaction(offsets, self.group_id)
+            return
+        await self._write(producer, messages)
+        await consumer.commit({tp: OffsetAndMetadata(o, "") for tp, o in offsets.items()})
+
+    async def _write(self, producer: AIOKafkaProducer, messages: list[OutgoingMessage]) -> None:
+        futures = [
+            await producer.send(m.topic, key=m.key, value=m.value, headers=m.headers or None)
+            for m in messages
+        ]
+        await asyncio.gather(*futures)
+        if self.after_write is not None:
+            self.after_write()
+
+
+# -- the run ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScoreReport:
+    """What one `streamfit score` run did."""
+
+    topic: str
+    group_id: str
+    output_topic: str
+    dead_letter_topic: str
+    transactional: bool
+    model_version: int
+    scored: int
+    unlabelled: int
+    rejected: dict[str, int]
+    evaluation: Evaluation | None
+
+
+class Scorer:
+    """Scores a topic for a consumer group into an output topic; see the module docstring."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        topic: str,
+        group_id: str,
+        output_topic: str | None = None,
+        transactions: TransactionMode = "auto",
+        batch_size: int | None = None,
+        progress: bool = True,
+        after_write: AfterWrite | None = None,
+        timeout_s: float = 60.0,
+    ) -> None:
+        self.settings = settings
+        self.topic = topic
+        self.group_id = group_id
+        self.output_topic = output_topic or f"{topic}.predictions"
+        # The scored topic's own dead-letter topic, unless one is configured explicitly.
+        self.dead_letter_topic = settings.dlq_topic or f"{topic}.dlq"
+        self.transactions = transactions
+        self.batch_size = batch_size or settings.batch_size
+        self.progress = progress
+        self.after_write = after_write
+        self.timeout_s = timeout_s
+        self.codec = Codec(settings.num_features, settings.message_format, settings.max_record_bytes)
+        self._probabilities: list[np.ndarray] = []
+        self._labels: list[np.ndarray] = []
+        self._rejected: Counter[str] = Counter()
+        self._scored = 0
+        self._unlabelled = 0
+
+    def load_snapshot(self) -> ModelSnapshot:
+        """The newest valid checkpoint as a serving snapshot."""
+        store = CheckpointStore(self.settings.checkpoint_dir, self.settings.checkpoint_keep)
+        checkpoint = store.latest()
+        if checkpoint is None:
+            raise ScoringError(
+                f"no checkpoint in {self.settings.checkpoint_dir}: run `streamfit fit` "
+                "(or `streamfit serve`) first"
+            )
+        try:
+            snapshot = snapshot_from_state(checkpoint.state, checkpoint.version)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ScoringError(f"checkpoint {checkpoint.version} cannot be served: {exc}") from exc
+        if snapshot.num_features != self.settings.num_features:
+            raise ScoringError(
+                f"checkpoint {checkpoint.version} takes {snapshot.num_features} features, "
+                f"STREAMFIT_NUM_FEATURES is {self.settings.num_features}"
+            )
+        return snapshot
+
+    async def run(self) -> ScoreReport:
+        """Score until every partition's end; commit per batch; return the report."""
+        snapshot = self.load_snapshot()
+        options = self.settings.kafka_client_options()
+        output = Output(
+            options,
+            self.group_id,
+            f"streamfit-score.{self.group_id}.{self.topic}",
+            self.transactions,
+            self.after_write,
+        )
+        await output.start()
+        consumer = AIOKafkaConsumer(
+            **options,
+            group_id=self.group_id,
+            client_id="streamfit-score",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed" if output.transactional else "read_uncommitted",
+            max_poll_records=self.batch_size,
+            fetch_max_bytes=64 * 1024 * 1024,
+            max_partition_fetch_bytes=8 * 1024 * 1024,
+        )
+        try:
+            await consumer.start()
+            partitions = await topic_partitions(consumer, self.topic)
+            if not partitions:
+                raise ScoringError(f"topic {self.topic!r} does not exist")
+            await self._ensure_output_topic(options, len(partitions))
+            # Manual assignment: the group holds the offsets; one scorer per group is the
+            # unit of work (a second one with the same transactional id fences the first).
+            consumer.assign(partitions)
+            await self._consume(consumer, output, snapshot, partitions)
+        finally:
+            await consumer.stop()
+            await output.stop()
+        probabilities = np.concatenate(self._probabilities) if self._probabilities else np.empty(0)
+        labels = np.concatenate(self._labels) if self._labels else np.empty(0)
+        return ScoreReport(
+            topic=self.topic,
+            group_id=self.group_id,
+            output_topic=self.output_topic,
+            dead_letter_topic=self.dead_letter_topic,
+            transactional=output.transactional,
+            model_version=snapshot.version,
+            scored=self._scored,
+            unlabelled=self._unlabelled,
+            rejected=dict(self._rejected),
+            evaluation=evaluate(probabilities, labels),
+        )
+
+    async def _ensure_output_topic(self, options: dict[str, Any], partitions: int) -> None:
+        from service.producer import ensure_topic
+
+        try:
+            await ensure_topic(options, self.output_topic, partitions)
+        except Exception as exc:  # best effort: brokers that auto-create topics still work
+            log.warning(
+                "could not create the output topic; relying on auto-creation",
+                extra={"topic": self.output_topic, "error": f"{type(exc).__name__}: {exc}"},
+            )
+
+    @staticmethod
+    def _end(consumer: AIOKafkaConsumer, tp: TopicPartition, read_committed: bool) -> int | None:
+        # read_committed stops at the last stable offset: beyond it are open transactions.
+        if read_committed:
+            lso = consumer.last_stable_offset(tp)
+            if lso is not None and lso >= 0:
+                return int(lso)
+        highwater = consumer.highwater(tp)
+        return None if highwater is None else int(highwater)
+
+    async def _consume(
+        self,
+        consumer: AIOKafkaConsumer,
+        output: Output,
+        snapshot: ModelSnapshot,
+        partitions: list[TopicPartition],
+    ) -> None:
+        from tqdm import tqdm
+
+        positions = {tp: await consumer.position(tp) for tp in partitions}
+        ends: dict[TopicPartition, int] = {}
+        bar = tqdm(unit="rec", desc=f"scoring {self.topic}", disable=not self.progress)
+        deadline = time.monotonic() + self.timeout_s
+        try:
+            while True:
+                batches = await consumer.getmany(timeout_ms=500, max_records=self.batch_size)
+                for tp in partitions:
+                    end = self._end(consumer, tp, output.transactional)
+                    if tp not in ends and end is not None:
+                        ends[tp] = end
+                        if len(ends) == len(partitions):
+                            bar.total = sum(max(ends[t] - positions[t], 0) for t in partitions)
+                            bar.refresh()
+                records = [
+                    record
+                    for tp in partitions
+                    if tp in ends
+                    for record in batches.get(tp, ())
+                    if record.offset < ends[tp]
+                ]
+                advanced: dict[TopicPartition, int] = {}
+                for tp in ends:
+                    reached = min(await consumer.position(tp), ends[tp])
+                    if reached > positions[tp]:
+                        advanced[tp] = reached
+                if records or advanced:
+                    await self._score_batch(consumer, output, snapshot, records, advanced)
+                    bar.update(sum(o - positions[tp] for tp, o in advanced.items()))
+                    positions.update(advanced)
+                    deadline = time.monotonic() + self.timeout_s
+                if len(ends) == len(partitions) and all(
+                    positions[tp] >= ends[tp] for tp in partitions
+                ):
+                    return
+                if time.monotonic() > deadline:
+                    raise ScoringError(f"no progress scoring {self.topic} for {self.timeout_s:.0f}s")
+        finally:
+            bar.close()
+
+    async def _score_batch(
+        self,
+        consumer: AIOKafkaConsumer,
+        output: Output,
+        snapshot: ModelSnapshot,
+        records: list[Any],
+        offsets: dict[TopicPartition, int],
+    ) -> None:
+        batch = decode_for_scoring(self.codec, records)
+        probabilities = predict_rowwise(snapshot, batch.features)
+        messages = [
+            OutgoingMessage(
+                self.output_topic,
+                prediction_key(record),
+                prediction_value(p, label, snapshot.version),
+            )
+            for record, p, label in zip(
+                batch.records, probabilities.tolist(), batch.labels.tolist(), strict=True
+            )
+        ]
+        messages.extend(dead_letter(reject, self.dead_letter_topic) for reject in batch.rejects)
+        await output.publish(consumer, messages, offsets)
+        labelled = ~np.isnan(batch.labels)
+        self._probabilities.append(probabilities[labelled])
+        self._labels.append(batch.labels[labelled])
+        self._scored += len(batch.records)
+        self._unlabelled += int((~labelled).sum())
+        self._rejected.update(reject.reason for reject in batch.rejects)
+        if batch.rejects:
+            log.warning(
+                "records sent to the dead-letter topic",
+                extra={
+                    "count": len(batch.rejects),
+                    "topic": self.dead_letter_topic,
+                    "first_error": batch.rejects[0].detail,
+                },
+            )
+
+
+def format_score_report(report: ScoreReport) -> str:
+    """The lines `streamfit score` prints."""
+    mode = "transactions" if report.transactional else "idempotent output, then commit"
+    rejected = sum(report.rejected.values())
+    reasons = ", ".join(f"{k}={v}" for k, v in sorted(report.rejected.items()))
+    lines = [
+        f"scored {report.scored} records of {report.topic} for group {report.group_id} "
+        f"with model version {report.model_version} -> {report.output_topic} ({mode})",
+        f"rejected {rejected} -> {report.dead_letter_topic}" + (f" ({reasons})" if reasons else "")
+        + f"; unlabelled {report.unlabelled}",
+    ]
+    e = report.evaluation
+    if e is None:
+        lines.append("no labelled records scored: no metrics")
+        return "\n".join(lines)
+    auc = "n/a (one class only)" if e.roc_auc is None else f"{e.roc_auc:.4f}"
+    (tn, fp), (fn, tp) = e.confusion
+    width = max(len(str(v)) for v in (tn, fp, fn, tp, "pred 0"))
+    lines += [
+        f"labelled {e.count}: accuracy {e.accuracy:.4f}  roc_auc {auc}  log_loss {e.log_loss:.4f}",
+        "confusion matrix (rows: actual label, columns: predicted at p >= 0.5)",
+        f"{'':10}{'pred 0':>{width}}  {'pred 1':>{width}}",
+        f"{'actual 0':10}{tn:>{width}}  {fp:>{width}}",
+        f"{'actual 1':10}{fn:>{width}}  {tp:>{width}}",
+    ]
+    return "\n".join(lines)
+
+
+def score(
+    settings: Settings,
+    topic: str,
+    group_id: str,
+    output_topic: str | None = None,
+    transactions: TransactionMode = "auto",
+    batch_size: int | None = None,
+    progress: bool = True,
+    after_write: AfterWrite | None = None,
+) -> ScoreReport:
+    """Run a `Scorer` to completion (the `streamfit score` command)."""
+    scorer = Scorer(
+        settings, topic, group_id, output_topic, transactions, batch_size, progress, after_write
+    )
+    return asyncio.run(scorer.run())
