@@ -105,7 +105,7 @@ class RequestContext:
         self.app = app
         self.max_body = max_body
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -115,7 +115,7 @@ class RequestContext:
         started = time.perf_counter()
         status = 500
 
-        async def send_with_id(message: dict[str, Any]) -> None:
+        async def send_with_id(message: Any) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
@@ -208,7 +208,9 @@ def create_app(settings: Settings) -> FastAPI:
 
     def snapshot_for(name: str) -> ModelSnapshot:
         if name != settings.model_name:
-            raise HTTPException(404, f"model {name!r} not found; this service serves {settings.model_name!r}")
+            raise HTTPException(
+                404, f"model {name!r} not found; this service serves {settings.model_name!r}"
+            )
         snapshot = runtime.snapshots.current
         if snapshot is None:
             raise HTTPException(503, "no model loaded yet")
@@ -254,7 +256,9 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             flat = np.asarray(tensor.data, dtype=np.float32).reshape(-1)
         except ValueError:
-            raise HTTPException(422, "input data must be a flat or rectangular list of numbers") from None
+            raise HTTPException(
+                422, "input data must be a flat or rectangular list of numbers"
+            ) from None
         n, width = tensor.shape
         if n < 1 or n * width != flat.size:
             raise HTTPException(422, f"shape {tensor.shape} does not match {flat.size} data values")
@@ -296,7 +300,9 @@ def create_app(settings: Settings) -> FastAPI:
             "name": name,
             "versions": [str(snapshot.version)],
             "platform": "tensorflow",
-            "inputs": [{"name": "features", "datatype": "FP32", "shape": [-1, snapshot.num_features]}],
+            "inputs": [
+                {"name": "features", "datatype": "FP32", "shape": [-1, snapshot.num_features]}
+            ],
             "outputs": [{"name": "probability", "datatype": "FP32", "shape": [-1, 1]}],
         }
 
@@ -436,6 +442,11 @@ def create_app(settings: Settings) -> FastAPI:
     async def versions() -> dict[str, Any]:
         """Retained checkpoint versions (from the manifest)."""
         entries = runtime.store.manifest()["checkpoints"]
-        return {"versions": [{k: e.get(k) for k in ("version", "created_at", "samples_trained", "offsets")} for e in entries]}
+        return {
+            "versions": [
+                {k: e.get(k) for k in ("version", "created_at", "samples_trained", "offsets")}
+                for e in entries
+            ]
+        }
 
     return app

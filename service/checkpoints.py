@@ -105,7 +105,7 @@ def _serialize(checkpoint: Checkpoint) -> bytes:
     arrays.update({f"w{i}": w for i, w in enumerate(weights)})
     arrays.update({f"o{i}": v for i, v in enumerate(optimizer)})
     buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
+    np.savez(buffer, **arrays)  # type: ignore[arg-type]
     return buffer.getvalue()
 
 
@@ -222,9 +222,7 @@ class CheckpointStore:
             try:
                 return self.load(version)
             except CheckpointError as exc:
-                log.warning(
-                    "skipping checkpoint", extra={"version": version, "error": str(exc)}
-                )
+                log.warning("skipping checkpoint", extra={"version": version, "error": str(exc)})
         return None
 
     def newest_version(self) -> int:

@@ -136,12 +136,7 @@ class Codec:
             keep = np.ones(len(good), dtype=bool)
         except (ValueError, UnicodeDecodeError):
             features, keep = self._parse_rows_slowly(good, rejects)
-        finite = np.isfinite(features).all(axis=1)
-        for index in np.flatnonzero(keep & ~finite):
-            rejects.append(Reject(good[index], "non_finite", "NaN or infinite feature"))
-        keep &= finite
-        label_array = np.asarray(labels, dtype=np.float32)[keep]
-        return DecodedBatch(features[keep].astype(np.float32), label_array, rejects)
+        return self._finish(good, features, keep, labels, rejects)
 
     def _parse_rows_slowly(
         self, good: list[Any], rejects: list[Reject]
@@ -182,7 +177,9 @@ class Codec:
                 rejects.append(Reject(record, "bad_json", f"invalid JSON: {exc}"[:200]))
                 continue
             if not isinstance(message, dict) or not isinstance(message.get("features"), list):
-                rejects.append(Reject(record, "bad_json", 'expected {"features": [...], "label": 0|1}'))
+                rejects.append(
+                    Reject(record, "bad_json", 'expected {"features": [...], "label": 0|1}')
+                )
                 continue
             label = message.get("label")
             if label not in (0, 1) or isinstance(label, bool):
@@ -211,15 +208,24 @@ class Codec:
                     keep[index] = True
                 else:
                     rejects.append(Reject(good[index], "non_numeric", "features must be numbers"))
-        else:
-            if features.dtype == object:  # pragma: no cover - numpy raises above instead
-                raise TypeError("features did not parse to numbers")
-        finite = np.isfinite(features).all(axis=1)
-        for index in np.flatnonzero(keep & ~finite):
-            rejects.append(Reject(good[index], "non_finite", "NaN or infinite feature"))
+        return self._finish(good, features, keep, labels, rejects)
+
+    def _finish(
+        self,
+        good: list[Any],
+        features: np.ndarray,
+        keep: np.ndarray,
+        labels: list[float],
+        rejects: list[Reject],
+    ) -> DecodedBatch:
+        """Reject rows that are not finite in float32 (NaN, Inf, or beyond float32's range)."""
+        with np.errstate(over="ignore"):
+            narrow = features.astype(np.float32)
+        finite = np.isfinite(narrow).all(axis=1)
+        for row in np.flatnonzero(keep & ~finite):
+            rejects.append(Reject(good[row], "non_finite", "NaN, infinite or beyond float32 range"))
         keep &= finite
-        label_array = np.asarray(labels, dtype=np.float32)[keep]
-        return DecodedBatch(features[keep].astype(np.float32), label_array, rejects)
+        return DecodedBatch(narrow[keep], np.asarray(labels, dtype=np.float32)[keep], rejects)
 
 
 def encode_csv(features: np.ndarray, labels: np.ndarray) -> list[tuple[bytes, bytes]]:

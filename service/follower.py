@@ -16,7 +16,9 @@ log = logging.getLogger(__name__)
 class CheckpointFollower:
     """Polls a checkpoint directory and publishes each newer valid checkpoint as a snapshot."""
 
-    def __init__(self, store: CheckpointStore, snapshots: SnapshotHolder, interval_s: float) -> None:
+    def __init__(
+        self, store: CheckpointStore, snapshots: SnapshotHolder, interval_s: float
+    ) -> None:
         self.store = store
         self.snapshots = snapshots
         self.interval_s = interval_s
@@ -53,7 +55,9 @@ class CheckpointFollower:
             snapshot = snapshot_from_state(checkpoint.state, checkpoint.version)
         except (KeyError, TypeError, ValueError) as exc:
             self.last_error = f"checkpoint {checkpoint.version} unusable: {exc}"
-            log.error("cannot serve checkpoint", extra={"version": checkpoint.version, "error": str(exc)})
+            log.error(
+                "cannot serve checkpoint", extra={"version": checkpoint.version, "error": str(exc)}
+            )
             return False
         self.checkpoint = checkpoint
         self.last_error = None

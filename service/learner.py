@@ -19,7 +19,13 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from service.online_stats import EPSILON, PrequentialWindow, RunningStandardizer  # noqa: E402
+from service.online_stats import (  # noqa: E402
+    EPSILON,
+    LearningHistory,
+    PrequentialWindow,
+    RunningStandardizer,
+)
+
 
 def build_model(num_features: int, arch: str = "mlp") -> keras.Model:
     """The tutorial's MLP (or a logistic regression, for comparison), ending in a sigmoid."""
@@ -69,6 +75,7 @@ class Learner:
         self.optimizer.build(self.model.trainable_variables)
         self.standardizer = RunningStandardizer(num_features)
         self.prequential = PrequentialWindow(window)
+        self.history = LearningHistory()
         self.samples_trained = 0
         self.batches_trained = 0
         self.last_loss: float | None = None
@@ -86,7 +93,9 @@ class Learner:
         with tf.GradientTape() as tape:
             predicted = self.model(x_after, training=True)[:, 0]
             predicted = tf.clip_by_value(predicted, EPSILON, 1 - EPSILON)
-            loss = -tf.reduce_mean(y * tf.math.log(predicted) + (1 - y) * tf.math.log(1 - predicted))
+            loss = -tf.reduce_mean(
+                y * tf.math.log(predicted) + (1 - y) * tf.math.log(1 - predicted)
+            )
         variables = self.model.trainable_variables
         gradients = tape.gradient(loss, variables)
         self.optimizer.apply_gradients(zip(gradients, variables, strict=True))
@@ -100,6 +109,7 @@ class Learner:
         probabilities, loss = self._step(x_before, x_after, y.astype(np.float32))
         probabilities = probabilities.numpy()
         self.prequential.add(probabilities, y)
+        self.history.observe(self.samples_trained + int(y.shape[0]), self.prequential)
         self.samples_trained += int(y.shape[0])
         self.batches_trained += 1
         self.last_loss = float(loss)
@@ -128,6 +138,7 @@ class Learner:
             "samples_trained": self.samples_trained,
             "batches_trained": self.batches_trained,
             "prequential": self.prequential.state(),
+            "history": self.history.state(),
             "last_loss": self.last_loss,
             "num_features": self.num_features,
             "arch": self.arch,
@@ -151,5 +162,6 @@ class Learner:
         self.samples_trained = int(state["samples_trained"])
         self.batches_trained = int(state["batches_trained"])
         self.prequential.restore(state["prequential"])
+        self.history = LearningHistory.from_state(state.get("history", {}))
         loss = state.get("last_loss")
         self.last_loss = None if loss is None or math.isnan(loss) else float(loss)

@@ -47,7 +47,9 @@ PREDICTION_DURATION = Histogram(
 KAFKA_CONNECTED = Gauge("streamfit_kafka_connected", "1 if the last Kafka fetch succeeded")
 TRAINING_ACTIVE = Gauge("streamfit_training_active", "1 while the trainer consumes and learns")
 HTTP_REQUESTS = Counter(
-    "streamfit_http_requests", "HTTP requests by route, method and status", ["route", "method", "status"]
+    "streamfit_http_requests",
+    "HTTP requests by route, method and status",
+    ["route", "method", "status"],
 )
 HTTP_DURATION = Histogram(
     "streamfit_http_request_duration_seconds",

@@ -5,6 +5,7 @@ Pure NumPy, no TensorFlow, so the predictor role can use them without loading a 
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from typing import Any
 
@@ -107,3 +108,53 @@ class PrequentialWindow:
             self._count += int(n)
             self._correct += correct
             self._loss += loss
+
+
+class LearningHistory:
+    """Prequential accuracy and loss sampled along the stream, kept with the checkpoints.
+
+    One point every `every` samples: {"samples", "accuracy", "loss", "time"}; events (drift,
+    checkpoint versions, rollbacks) as {"samples", "kind", ...}. When points exceed
+    `max_points` every other one is dropped and `every` doubles, so the curve keeps its
+    shape over any stream length in bounded memory.
+    """
+
+    def __init__(self, every: int = 1000, max_points: int = 2000) -> None:
+        self.every = every
+        self.max_points = max_points
+        self.points: list[dict[str, float]] = []
+        self.events: list[dict[str, Any]] = []
+        self._next = every
+
+    def observe(self, samples: int, window: PrequentialWindow) -> None:
+        if samples < self._next or window.accuracy is None:
+            return
+        self.points.append(
+            {
+                "samples": samples,
+                "accuracy": window.accuracy,
+                "loss": window.loss or 0.0,
+                "time": time.time(),
+            }
+        )
+        self._next = (samples // self.every + 1) * self.every
+        if len(self.points) > self.max_points:
+            self.points = self.points[1::2]
+            self.every *= 2
+            self._next = (samples // self.every + 1) * self.every
+
+    def event(self, samples: int, kind: str, **detail: Any) -> None:
+        self.events.append({"samples": samples, "kind": kind, "time": time.time(), **detail})
+        del self.events[: -self.max_points]
+
+    def state(self) -> dict[str, Any]:
+        return {"every": self.every, "points": list(self.points), "events": list(self.events)}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> LearningHistory:
+        history = cls(every=int(state.get("every", 1000)))
+        history.points = list(state.get("points", []))
+        history.events = list(state.get("events", []))
+        last = history.points[-1]["samples"] if history.points else 0
+        history._next = (int(last) // history.every + 1) * history.every
+        return history

@@ -63,7 +63,7 @@ def csv_pairs(path: Path, label_column: int = 0, skip_header: bool | None = None
     A first row whose label is not a number is taken as a header and skipped.
     """
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", newline="") as handle:  # type: ignore[operator]
+    with opener(path, "rt", newline="") as handle:
         reader = csv.reader(handle)
         for line_number, row in enumerate(reader):
             if not row:
@@ -76,7 +76,9 @@ def csv_pairs(path: Path, label_column: int = 0, skip_header: bool | None = None
                     continue
                 label = float("nan")
             key = b"1" if label == 1.0 else b"0" if label == 0.0 else label_text.encode()
-            features = row[:label_column] + row[label_column + 1 :] if label_column >= 0 else row[:-1]
+            features = (
+                row[:label_column] + row[label_column + 1 :] if label_column >= 0 else row[:-1]
+            )
             yield key, ",".join(f.strip() for f in features).encode()
 
 

@@ -158,7 +158,9 @@ class MicroBatcher:
     splits the probabilities back. Must be used from the event loop thread.
     """
 
-    def __init__(self, holder: SnapshotHolder, observe: Callable[[float], None] | None = None) -> None:
+    def __init__(
+        self, holder: SnapshotHolder, observe: Callable[[float], None] | None = None
+    ) -> None:
         self.holder = holder
         self.observe = observe
         self._pending: list[tuple[np.ndarray, asyncio.Future[tuple[np.ndarray, int]]]] = []

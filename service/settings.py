@@ -19,7 +19,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="STREAMFIT_", extra="ignore", frozen=True)
 
     kafka_bootstrap: str = Field("127.0.0.1:9092", min_length=1)
-    train_topic: str = Field("susy-train", min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._-]+$")
+    train_topic: str = Field(
+        "susy-train", min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._-]+$"
+    )
     group_id: str = Field("streamfit", min_length=1)
     batch_size: int = Field(256, ge=1, le=65536)
     stream_timeout_ms: int = Field(-1, ge=-1)

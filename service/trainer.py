@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 RECONNECT_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
 
 
-class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+class _Rebalance(ConsumerRebalanceListener):
     def __init__(self, trainer: Trainer) -> None:
         self._trainer = trainer
 
@@ -50,7 +50,9 @@ class Trainer:
         self.settings = settings
         self.snapshots = snapshots
         self.store = CheckpointStore(settings.checkpoint_dir, settings.checkpoint_keep)
-        self.codec = Codec(settings.num_features, settings.message_format, settings.max_record_bytes)
+        self.codec = Codec(
+            settings.num_features, settings.message_format, settings.max_record_bytes
+        )
         self.learner: Any = None
         self.version = 0
         self.checkpoint_meta: dict[str, Any] | None = None
@@ -142,7 +144,9 @@ class Trainer:
                 self._set_disconnected(exc)
                 delay = RECONNECT_BACKOFF_S[min(attempt, len(RECONNECT_BACKOFF_S) - 1)]
                 attempt += 1
-                log.warning("kafka unavailable, retrying", extra={"error": str(exc), "retry_in_s": delay})
+                log.warning(
+                    "kafka unavailable, retrying", extra={"error": str(exc), "retry_in_s": delay}
+                )
                 try:
                     await asyncio.wait_for(self._stopping.wait(), timeout=delay)
                 except TimeoutError:
@@ -194,7 +198,11 @@ class Trainer:
             await self._loop(consumer)
         finally:
             self._consumer = None
-            if self.learner is not None and not self._stopping.is_set() and self.state != "finished":
+            if (
+                self.learner is not None
+                and not self._stopping.is_set()
+                and self.state != "finished"
+            ):
                 # Leaving on an error: keep what was learned, committing if Kafka allows.
                 await self._checkpoint_quietly(consumer)
             await self._close(consumer, producer)
@@ -285,7 +293,9 @@ class Trainer:
                 ("source.offset", str(record.offset).encode()),
             ]
             futures.append(
-                await self._producer.send(topic, value=record.value, key=record.key, headers=headers)
+                await self._producer.send(
+                    topic, value=record.value, key=record.key, headers=headers
+                )
             )
         try:
             await asyncio.gather(*futures)
@@ -308,7 +318,7 @@ class Trainer:
             async with self._batch_lock:
                 if not self._learned_since_checkpoint and self.version > 0:
                     return None
-                state = await self._in_learner_thread(self.learner.state)
+                state = await self._in_learner_thread(self._state_for_checkpoint, self.version + 1)
                 offsets = dict(self.offsets)
                 self._learned_since_checkpoint = False
             version = self.version + 1
@@ -363,6 +373,10 @@ class Trainer:
         log.warning("rolled back", extra={"to_version": version})
         return await self.checkpoint()
 
+    def _state_for_checkpoint(self, version: int) -> dict[str, Any]:
+        self.learner.history.event(self.learner.samples_trained, "checkpoint", version=version)
+        return self.learner.state()
+
     def _adopt(self, state: dict[str, Any]) -> None:
         self.learner.restore(state)
         self._publish_from_thread()
@@ -401,14 +415,20 @@ class Trainer:
                     committed = None
                 if committed is not None:
                     self.committed[tp] = committed
-        log.info("partitions assigned", extra={"partitions": [f"{t.topic}:{t.partition}" for t in assigned]})
+        log.info(
+            "partitions assigned",
+            extra={"partitions": [f"{t.topic}:{t.partition}" for t in assigned]},
+        )
 
     async def _on_revoked(self, revoked: list[TopicPartition]) -> None:
         if not revoked or self._consumer is None:
             return
         # The next owner starts from the committed offsets: make them what we learned.
         await self._checkpoint_quietly(self._consumer)
-        log.info("partitions revoked", extra={"partitions": [f"{t.topic}:{t.partition}" for t in revoked]})
+        log.info(
+            "partitions revoked",
+            extra={"partitions": [f"{t.topic}:{t.partition}" for t in revoked]},
+        )
 
     async def _close(self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer) -> None:
         for client in (consumer, producer):
@@ -424,7 +444,9 @@ class Trainer:
             highwater = consumer.highwater(tp)
             position = self.offsets.get(tp)
             if highwater is not None and position is not None:
-                metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(highwater - position, 0))
+                metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(
+                    max(highwater - position, 0)
+                )
 
     def lag_by_partition(self) -> list[dict[str, Any]]:
         """Per assigned partition: committed offset, learned position, log end and lag."""

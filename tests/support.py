@@ -45,7 +45,10 @@ def consume_all(bootstrap: str, topic: str, expected: int, timeout_s: float = 30
 
     async def run() -> list[Any]:
         consumer = AIOKafkaConsumer(
-            topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+            topic,
+            bootstrap_servers=bootstrap,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
         )
         await consumer.start()
         records: list[Any] = []
@@ -80,7 +83,9 @@ def wait_for(
             if last:
                 return last
         time.sleep(interval_s)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what or condition}: last={last!r}")
+    raise AssertionError(
+        f"timed out after {timeout_s}s waiting for {what or condition}: last={last!r}"
+    )
 
 
 class ServiceProcess:
@@ -114,20 +119,28 @@ class ServiceProcess:
         )
         log.close()
         if wait_ready:
-            wait_for(lambda: self._alive() and self.status("/readyz") == 200, timeout_s, what="ready")
+            wait_for(
+                lambda: self._alive() and self.status("/readyz") == 200, timeout_s, what="ready"
+            )
         return self
 
     def _alive(self) -> bool:
         assert self.process is not None
         if self.process.poll() is not None:
-            raise AssertionError(f"service exited with {self.process.returncode}:\n{self.logs()[-3000:]}")
+            raise AssertionError(
+                f"service exited with {self.process.returncode}:\n{self.logs()[-3000:]}"
+            )
         return True
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def request(
-        self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
         raw: bytes | None = None,
     ) -> tuple[int, Any]:
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)

@@ -82,9 +82,7 @@ def test_too_large_bodies_get_413(shared):
     status, response = _raw_http(shared, path + b"content-length: 5000000\r\n\r\n", [])
     assert status == 413 and b"larger than" in response
     chunk = b"%x\r\n%s\r\n" % (300_000, b"[" * 300_000)
-    status, response = _raw_http(
-        shared, path + b"transfer-encoding: chunked\r\n\r\n", [chunk] * 4
-    )
+    status, response = _raw_http(shared, path + b"transfer-encoding: chunked\r\n\r\n", [chunk] * 4)
     assert status == 413 and b"larger than" in response
 
 
@@ -95,7 +93,10 @@ def test_prediction_routes(shared):
     status, v2 = trained.request(
         "POST",
         "/v2/models/susy/infer",
-        {"id": "r1", "inputs": [{"name": "x", "shape": [2, 18], "datatype": "FP32", "data": ROW + ROW}]},
+        {
+            "id": "r1",
+            "inputs": [{"name": "x", "shape": [2, 18], "datatype": "FP32", "data": ROW + ROW}],
+        },
     )
     assert status == 200, v2
     output = v2["outputs"][0]
@@ -180,7 +181,9 @@ def test_admin_routes_need_the_api_key(trained, broker, topic):
 def test_admin_refused_when_no_key_is_set(broker, topic, service_factory):
     produce_synthetic(broker.bootstrap, topic, rows=300, partitions=1)
     service = service_factory().start()
-    status, answer = service.request("POST", "/admin/checkpoint", headers={"authorization": "Bearer x"})
+    status, answer = service.request(
+        "POST", "/admin/checkpoint", headers={"authorization": "Bearer x"}
+    )
     assert status == 403 and "STREAMFIT_API_KEY" in answer["error"]
 
 
@@ -226,9 +229,7 @@ def test_predictor_role_follows_the_trainers_checkpoints(broker, topic, service_
     first = predictor.get("/model")["version"]
     produce_synthetic(broker.bootstrap, topic, rows=500, partitions=2, seed=4)
     trainer.wait_trained(1300)
-    wait_for(
-        lambda: predictor.get("/model")["samples_trained"] == 1300, 30, what="hot reload"
-    )
+    wait_for(lambda: predictor.get("/model")["samples_trained"] == 1300, 30, what="hot reload")
     assert predictor.get("/model")["version"] > first
     status, body = predictor.request("POST", "/v1/models/susy:predict", {"instances": [ROW]})
     assert status == 200 and body["model_version"] > first
@@ -239,7 +240,9 @@ def test_lag_route_and_cli_agree(broker, topic, service_factory):
     produce_synthetic(broker.bootstrap, topic, rows=1200, partitions=3)
     service = service_factory(checkpoint_interval_s=0.5).start()
     service.wait_trained(1200)
-    wait_for(lambda: service.get("/lag")["partitions"][0]["committed_offset"] == 400, 20, what="commit")
+    wait_for(
+        lambda: service.get("/lag")["partitions"][0]["committed_offset"] == 400, 20, what="commit"
+    )
     lag = service.get("/lag")
     assert [p["log_end_offset"] for p in lag["partitions"]] == [400, 400, 400]
     assert lag["total_lag"] == 0
@@ -247,14 +250,35 @@ def test_lag_route_and_cli_agree(broker, topic, service_factory):
     produce_synthetic(broker.bootstrap, topic, rows=300, partitions=3, seed=2)
 
     result = subprocess.run(
-        [sys.executable, "-m", "service", "lag", "--group", f"g-{topic}", "--topic", topic,
-         "--kafka-bootstrap", broker.bootstrap],
-        capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "service",
+            "lag",
+            "--group",
+            f"g-{topic}",
+            "--topic",
+            topic,
+            "--kafka-bootstrap",
+            broker.bootstrap,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
-    assert lines[0].split() == ["GROUP", "TOPIC", "PARTITION", "CURRENT-OFFSET", "LOG-END-OFFSET", "LAG"]
+    assert lines[0].split() == [
+        "GROUP",
+        "TOPIC",
+        "PARTITION",
+        "CURRENT-OFFSET",
+        "LOG-END-OFFSET",
+        "LAG",
+    ]
     rows = [line.split() for line in lines[1:]]
     assert [(r[2], r[3], r[4], r[5]) for r in rows] == [
-        ("0", "400", "500", "100"), ("1", "400", "500", "100"), ("2", "400", "500", "100"),
+        ("0", "400", "500", "100"),
+        ("1", "400", "500", "100"),
+        ("2", "400", "500", "100"),
     ]

@@ -23,7 +23,7 @@ def test_kill_9_loop_learns_every_record_exactly_once(broker, topic, service_fac
             broker.bootstrap, topic, rows=6000, partitions=3, seed=round_number
         )
         service = service_factory(batch_size=32, checkpoint_interval_s=0.2).start()
-        wait_for(lambda: service.get("/model")["samples_trained"] > 0, 60, what="training")
+        wait_for(lambda s=service: s.get("/model")["samples_trained"] > 0, 60, what="training")
         time.sleep(rng.uniform(0.1, 1.5))
         service.kill()
     final = service_factory(batch_size=256).start()
@@ -68,6 +68,7 @@ def test_bad_records_go_to_dead_letter_topic_and_good_ones_train(broker, topic, 
         assert int(headers["source.partition"]) in (0, 1)
         assert int(headers["source.offset"]) >= 0
         assert headers["error"]
+
     def by_content(pair):
         return (pair[0] or b"", pair[1] or b"")
 
@@ -76,7 +77,13 @@ def test_bad_records_go_to_dead_letter_topic_and_good_ones_train(broker, topic, 
     ), "dead letters keep the original key and value"
     reasons = {dict(r.headers)["error"].split(b":")[0].decode() for r in dead}
     assert reasons == {
-        "empty", "oversize", "encoding", "width", "non_numeric", "non_finite", "bad_label",
+        "empty",
+        "oversize",
+        "encoding",
+        "width",
+        "non_numeric",
+        "non_finite",
+        "bad_label",
         "missing_key",
     }
     metrics = service.get_text("/metrics")
@@ -145,9 +152,24 @@ def test_produce_from_uci_style_csv(broker, topic, tmp_path: Path):
             values = [float(label), *row]
             handle.write(",".join(f"{v:.18e}" for v in values) + "\n")
     result = subprocess.run(
-        [sys.executable, "-m", "service", "produce", "--topic", topic, "--from-csv", str(path),
-         "--partitions", "2", "--quiet", "--kafka-bootstrap", broker.bootstrap],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "service",
+            "produce",
+            "--topic",
+            topic,
+            "--from-csv",
+            str(path),
+            "--partitions",
+            "2",
+            "--quiet",
+            "--kafka-bootstrap",
+            broker.bootstrap,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     records = consume_all(broker.bootstrap, topic, expected=250)
