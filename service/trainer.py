@@ -247,11 +247,13 @@ class Trainer:
     ) -> None:
         records = [record for part in batches.values() for record in part]
         try:
-            decoded = self.codec.decode(records)
-            if decoded.rejects:
-                await self._dead_letter(decoded.rejects)
-            if len(decoded):
-                await self._in_learner_thread(self._learn, decoded)
+            # Clean batches decode and learn in one hop to the worker thread; a batch with
+            # rejects learns only after its dead letters are acknowledged.
+            rejects = await self._in_learner_thread(self._decode_and_learn, records)
+            if rejects is not None:
+                await self._dead_letter(rejects.rejects)
+                if len(rejects):
+                    await self._in_learner_thread(self._learn, rejects)
         except BaseException:
             # Not learned: rewind so the same records come again.
             for tp, part in batches.items():
@@ -267,6 +269,15 @@ class Trainer:
             consumer.seek(tp, self.offsets.get(tp, first))
         except Exception:  # the consumer may be closing; a restart seeks from the checkpoint
             log.debug("rewind failed", exc_info=True)
+
+    def _decode_and_learn(self, records: list[Any]) -> DecodedBatch | None:
+        """Learn a batch without rejects and return None, or return the decoded batch."""
+        decoded = self.codec.decode(records)
+        if decoded.rejects:
+            return decoded
+        if len(decoded):
+            self._learn(decoded)
+        return None
 
     def _learn(self, batch: DecodedBatch) -> None:
         started = time.perf_counter()
