@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from service import __version__, metrics
 from service.checkpoints import CheckpointError, CheckpointStore
+from service.feedback import PendingPredictions
 from service.follower import CheckpointFollower
 from service.logs import request_id
 from service.loopwatch import LoopWatch
@@ -41,6 +42,7 @@ class PredictRequest(BaseModel):
 class PredictResponse(BaseModel):
     predictions: list[float]
     model_version: int
+    request_id: str | None = None
 
 
 class InferInput(BaseModel):
@@ -66,6 +68,13 @@ class Runtime:
         self.batcher = MicroBatcher(self.snapshots, metrics.PREDICTION_DURATION.observe)
         self.loopwatch = LoopWatch()
         self.store = CheckpointStore(settings.checkpoint_dir, settings.checkpoint_keep)
+        self.pending = (
+            PendingPredictions(
+                settings.num_features, settings.feedback_capacity, settings.feedback_ttl_s
+            )
+            if settings.labels_topic and settings.role != "predictor"
+            else None
+        )
         self.trainer: Trainer | None = None
         self.follower: CheckpointFollower | None = None
         self.started_at = time.time()
@@ -80,7 +89,7 @@ class Runtime:
                 )
                 await self.follower.start()
             else:
-                self.trainer = Trainer(self.settings, self.snapshots)
+                self.trainer = Trainer(self.settings, self.snapshots, self.pending)
                 await self.trainer.start()
         except Exception as exc:
             self.startup_error = f"{type(exc).__name__}: {exc}"
@@ -245,8 +254,14 @@ def create_app(settings: Settings) -> FastAPI:
         snapshot = snapshot_for(name)
         if len({len(row) for row in body.instances}) != 1:
             raise HTTPException(422, "all instances must have the same number of features")
-        probabilities, version = await runtime.batcher.predict(features(body.instances, snapshot))
-        return {"predictions": probabilities.tolist(), "model_version": version}
+        x = features(body.instances, snapshot)
+        probabilities, version = await runtime.batcher.predict(x)
+        answer: dict[str, Any] = {"predictions": probabilities.tolist(), "model_version": version}
+        if runtime.pending is not None:
+            rid = request_id.get() or ""
+            runtime.pending.remember(rid, x)
+            answer["request_id"] = rid
+        return answer
 
     @app.post("/v2/models/{name}/infer", dependencies=json_only, tags=["predict"])
     async def infer_v2(name: str, body: InferRequest) -> dict[str, Any]:

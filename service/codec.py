@@ -61,6 +61,14 @@ class DecodedBatch:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
+    def extended(self, other: DecodedBatch) -> DecodedBatch:
+        """This batch followed by `other` (rows, labels and rejects)."""
+        return DecodedBatch(
+            np.concatenate([self.features, other.features]),
+            np.concatenate([self.labels, other.labels]),
+            [*self.rejects, *other.rejects],
+        )
+
 
 class Codec:
     """Decodes batches of records of one message format and width.

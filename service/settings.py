@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     message_format: Literal["csv", "json"] = "csv"
     dlq_topic: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]+$")
     max_record_bytes: int = Field(1_000_000, ge=64)
+    labels_topic: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]+$")
+    feedback_capacity: int = Field(100_000, ge=1)
+    feedback_ttl_s: float = Field(3600.0, gt=0)
     checkpoint_dir: Path = Path("./checkpoints")
     checkpoint_interval_s: float = Field(30.0, gt=0)
     checkpoint_keep: int = Field(5, ge=1)
@@ -44,6 +47,7 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_format: Literal["json", "text"] = "json"
     predictor_reload_s: float = Field(2.0, gt=0)
+    snapshot_interval_s: float = Field(0.0, ge=0)
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     sasl_username: str | None = None

@@ -24,6 +24,8 @@ from aiokafka.structs import OffsetAndMetadata
 from service import metrics
 from service.checkpoints import Checkpoint, CheckpointStore, offset_key, parse_offset_key
 from service.codec import Codec, DecodedBatch, Reject
+from service.feedback import PendingPredictions
+from service.producer import ensure_topic
 from service.serving import SnapshotHolder, snapshot_from_learner
 from service.settings import Settings
 
@@ -46,9 +48,15 @@ class _Rebalance(ConsumerRebalanceListener):
 class Trainer:
     """Consumes the train topic into a Learner and checkpoints it; publishes snapshots."""
 
-    def __init__(self, settings: Settings, snapshots: SnapshotHolder) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        snapshots: SnapshotHolder,
+        pending: PendingPredictions | None = None,
+    ) -> None:
         self.settings = settings
         self.snapshots = snapshots
+        self.pending = pending
         self.store = CheckpointStore(settings.checkpoint_dir, settings.checkpoint_keep)
         self.codec = Codec(
             settings.num_features, settings.message_format, settings.max_record_bytes
@@ -72,6 +80,7 @@ class Trainer:
         self._rolled_back_to: int | None = None
         self._last_checkpoint = time.monotonic()
         self._last_record = time.monotonic()
+        self._last_publish = 0.0
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -184,8 +193,10 @@ class Trainer:
         producer = AIOKafkaProducer(
             **s.kafka_client_options(), client_id="streamfit-dead-letter", acks="all", linger_ms=5
         )
-        consumer.subscribe([s.train_topic], listener=_Rebalance(self))
+        topics = [s.train_topic, *([s.labels_topic] if s.labels_topic else [])]
+        consumer.subscribe(topics, listener=_Rebalance(self))
         try:
+            await self._ensure_side_topics()
             await consumer.start()
             await producer.start()
             self._consumer, self._producer = consumer, producer
@@ -206,6 +217,15 @@ class Trainer:
                 # Leaving on an error: keep what was learned, committing if Kafka allows.
                 await self._checkpoint_quietly(consumer)
             await self._close(consumer, producer)
+
+    async def _ensure_side_topics(self) -> None:
+        s = self.settings
+        for name in (s.dead_letter_topic, s.labels_topic):
+            if name:
+                try:
+                    await ensure_topic(s.kafka_client_options(), name, 1)
+                except (KafkaError, RuntimeError) as exc:  # e.g. no create permission
+                    log.warning("cannot create topic", extra={"topic": name, "error": str(exc)})
 
     async def _loop(self, consumer: AIOKafkaConsumer) -> None:
         s = self.settings
@@ -245,11 +265,20 @@ class Trainer:
     async def _learn_batches(
         self, consumer: AIOKafkaConsumer, batches: dict[TopicPartition, list[Any]]
     ) -> None:
-        records = [record for part in batches.values() for record in part]
+        labels_topic = self.settings.labels_topic
+        records = [r for tp, part in batches.items() if tp.topic != labels_topic for r in part]
+        feedback: DecodedBatch | None = None
+        used: list[str] = []
+        if labels_topic and self.pending is not None:
+            label_records = [
+                r for tp, part in batches.items() if tp.topic == labels_topic for r in part
+            ]
+            if label_records:
+                feedback, used = self.pending.join(label_records)
         try:
             # Clean batches decode and learn in one hop to the worker thread; a batch with
             # rejects learns only after its dead letters are acknowledged.
-            rejects = await self._in_learner_thread(self._decode_and_learn, records)
+            rejects = await self._in_learner_thread(self._decode_and_learn, records, feedback)
             if rejects is not None:
                 await self._dead_letter(rejects.rejects)
                 if len(rejects):
@@ -262,6 +291,8 @@ class Trainer:
         for tp, part in batches.items():
             self.offsets[tp] = part[-1].offset + 1
         self._learned_since_checkpoint = True
+        if used and self.pending is not None:
+            self.pending.forget(used)
 
     def _rewind(self, consumer: AIOKafkaConsumer, tp: TopicPartition, first: int) -> None:
         """Seek back to the next offset not yet learned (`first` of the batch if unknown)."""
@@ -270,9 +301,13 @@ class Trainer:
         except Exception:  # the consumer may be closing; a restart seeks from the checkpoint
             log.debug("rewind failed", exc_info=True)
 
-    def _decode_and_learn(self, records: list[Any]) -> DecodedBatch | None:
+    def _decode_and_learn(
+        self, records: list[Any], feedback: DecodedBatch | None = None
+    ) -> DecodedBatch | None:
         """Learn a batch without rejects and return None, or return the decoded batch."""
         decoded = self.codec.decode(records)
+        if feedback is not None:
+            decoded = decoded.extended(feedback)
         if decoded.rejects:
             return decoded
         if len(decoded):
@@ -282,7 +317,10 @@ class Trainer:
     def _learn(self, batch: DecodedBatch) -> None:
         started = time.perf_counter()
         result = self.learner.learn(batch.features, batch.labels)
-        self._publish_from_thread()
+        now = time.monotonic()
+        if now - self._last_publish >= self.settings.snapshot_interval_s:
+            self._publish_from_thread()
+            self._last_publish = now
         metrics.TRAIN_BATCH_DURATION.observe(time.perf_counter() - started)
         metrics.SAMPLES_TRAINED.inc(result.samples)
         metrics.BATCHES_TRAINED.inc()
