@@ -424,6 +424,7 @@ class Trainer:
 
     def _state_for_checkpoint(self, version: int) -> dict[str, Any]:
         self.learner.history.event(self.learner.samples_trained, "checkpoint", version=version)
+        self._publish_from_thread()  # the served model is never older than a checkpoint
         return self.learner.state()
 
     def _adopt(self, state: dict[str, Any]) -> None:
@@ -452,18 +453,33 @@ class Trainer:
             self.committed[tp] = meta.offset
 
     async def _on_assigned(self, assigned: list[TopicPartition]) -> None:
+        """Start each partition after everything learned, by this model or by the group.
+
+        This model's checkpoint offset is what it has learned; the group's committed offset
+        is what some member has learned and checkpointed (commits follow checkpoints). The
+        larger of the two is where learning resumes: a single trainer resumes exactly at its
+        checkpoint (committed <= checkpoint), and after a handover between trainers no record
+        is learned by two members.
+        """
         consumer = self._consumer
+        if consumer is None:
+            return
         for tp in assigned:
-            if tp in self.offsets and consumer is not None:
-                consumer.seek(tp, self.offsets[tp])
-        if consumer is not None:
-            for tp in assigned:
-                try:
-                    committed = await consumer.committed(tp)
-                except KafkaError:
-                    committed = None
-                if committed is not None:
-                    self.committed[tp] = committed
+            try:
+                committed = await consumer.committed(tp)
+            except KafkaError:
+                committed = None
+            if committed is not None:
+                self.committed[tp] = committed
+            learned = self.offsets.get(tp)
+            start = (
+                max(o for o in (learned, committed) if o is not None)
+                if (learned is not None or committed is not None)
+                else None
+            )
+            if start is not None:
+                self.offsets[tp] = start
+                consumer.seek(tp, start)
         log.info(
             "partitions assigned",
             extra={"partitions": [f"{t.topic}:{t.partition}" for t in assigned]},
