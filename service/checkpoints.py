@@ -85,6 +85,7 @@ def _serialize(checkpoint: Checkpoint) -> bytes:
     state = dict(checkpoint.state)
     weights = state.pop("weights")
     optimizer = state.pop("optimizer")
+    model_state = state.pop("model_state", [])
     standardizer = state.pop("standardizer")
     meta = {
         "format": FORMAT_VERSION,
@@ -96,6 +97,7 @@ def _serialize(checkpoint: Checkpoint) -> bytes:
         "standardizer_count": int(standardizer["count"]),
         "num_weights": len(weights),
         "num_optimizer": len(optimizer),
+        "num_model_state": len(model_state),
     }
     arrays: dict[str, np.ndarray] = {
         "meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
@@ -104,6 +106,7 @@ def _serialize(checkpoint: Checkpoint) -> bytes:
     }
     arrays.update({f"w{i}": w for i, w in enumerate(weights)})
     arrays.update({f"o{i}": v for i, v in enumerate(optimizer)})
+    arrays.update({f"m{i}": v for i, v in enumerate(model_state)})
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)  # type: ignore[arg-type]
     return buffer.getvalue()
@@ -117,6 +120,7 @@ def _deserialize(payload: bytes) -> Checkpoint:
         state = dict(meta["state"])
         state["weights"] = [archive[f"w{i}"] for i in range(meta["num_weights"])]
         state["optimizer"] = [archive[f"o{i}"] for i in range(meta["num_optimizer"])]
+        state["model_state"] = [archive[f"m{i}"] for i in range(meta.get("num_model_state", 0))]
         state["standardizer"] = {
             "count": meta["standardizer_count"],
             "mean": archive["standardizer_mean"],

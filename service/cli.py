@@ -162,13 +162,22 @@ def cmd_dev(args: argparse.Namespace) -> int:
     base = [sys.executable, "-m", "service", "produce", "--topic", args.topic, "--partitions", "3"]
     stream: subprocess.Popen[bytes] | None = None
     try:
-        subprocess.run([*base, "--synthetic", "--rows", str(args.seed_rows), "--seed", "1"], env=env, check=True)
+        subprocess.run(
+            [*base, "--synthetic", "--rows", str(args.seed_rows), "--seed", "1"],
+            env=env,
+            check=True,
+        )
         stream = subprocess.Popen(
             [*base, "--synthetic", "--forever", "--seed", "2", "--rate", str(args.rate), "--quiet"],
             env=env,
         )
-        settings = _settings_from(args, kafka_bootstrap=bootstrap, train_topic=args.topic, log_format="text")
-        print(f"serving on http://{settings.http_host}:{settings.http_port} (Ctrl-C stops everything)", flush=True)
+        settings = _settings_from(
+            args, kafka_bootstrap=bootstrap, train_topic=args.topic, log_format="text"
+        )
+        print(
+            f"serving on http://{settings.http_host}:{settings.http_port} (Ctrl-C stops everything)",
+            flush=True,
+        )
         return serve(settings)
     finally:
         if stream is not None:

@@ -18,6 +18,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+_JSON_NUMBERS = {int, float}
+
 REASONS = (
     "empty",
     "oversize",
@@ -108,6 +110,8 @@ class Codec:
             return Reject(
                 record, "oversize", f"value is {len(value)} bytes, limit {self.max_record_bytes}"
             )
+        if b"\x00" in value:  # NumPy's bytes parsing would silently drop NULs
+            return Reject(record, "non_numeric", "value contains NUL bytes")
         return None
 
     def _decode_csv(self, records: Sequence[Any]) -> DecodedBatch:
@@ -199,6 +203,9 @@ class Codec:
                     Reject(record, "width", f"{len(row)} values, expected {self.num_features}")
                 )
                 continue
+            if not set(map(type, row)) <= _JSON_NUMBERS:
+                rejects.append(Reject(record, "non_numeric", "features must be JSON numbers"))
+                continue
             good.append(record)
             rows.append(row)
             labels.append(float(label))
@@ -207,15 +214,15 @@ class Codec:
         try:
             features = np.array(rows, dtype=np.float64)
             keep = np.ones(len(good), dtype=bool)
-        except (ValueError, TypeError):
+        except OverflowError:  # an integer beyond float64: find it row by row
             features = np.zeros((len(good), self.num_features), dtype=np.float64)
             keep = np.zeros(len(good), dtype=bool)
             for index, row in enumerate(rows):
-                if all(type(v) in (int, float) for v in row):
+                try:
                     features[index] = row
                     keep[index] = True
-                else:
-                    rejects.append(Reject(good[index], "non_numeric", "features must be numbers"))
+                except OverflowError:
+                    rejects.append(Reject(good[index], "non_finite", "number beyond float64 range"))
         return self._finish(good, features, keep, labels, rejects)
 
     def _finish(

@@ -36,9 +36,7 @@ class FitError(Exception):
     """The topic cannot be fitted (missing, empty, unreadable) or the checkpoint does not fit."""
 
 
-async def topic_partitions(
-    consumer: AIOKafkaConsumer, topic: str
-) -> list[TopicPartition]:
+async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
     """Every partition of `topic` (none if it does not exist), from fresh metadata.
 
     Asks for all topics rather than this one, so a broker that auto-creates topics on
@@ -173,9 +171,7 @@ def train_epochs(
     for epoch in range(1, epochs + 1):
         order = np.random.default_rng([seed, epoch]).permutation(n)
         metrics = PrequentialWindow(window=n + 1)
-        with tqdm(
-            total=n, unit="rec", desc=f"epoch {epoch}/{epochs}", disable=not progress
-        ) as bar:
+        with tqdm(total=n, unit="rec", desc=f"epoch {epoch}/{epochs}", disable=not progress) as bar:
             for start in range(0, n, batch_size):
                 rows = order[start : start + batch_size]
                 labels = data.labels[rows]

@@ -133,7 +133,9 @@ class Learner:
         """A copy of everything a checkpoint must hold to resume learning exactly."""
         return {
             "weights": [np.array(w) for w in self.model.get_weights()],
-            "optimizer": [np.array(v) for v in self.optimizer.variables],
+            "optimizer": [v.numpy() for v in self.optimizer.variables],
+            # Dropout's random-generator state: restoring it continues training exactly.
+            "model_state": [v.numpy() for v in self.model.non_trainable_variables],
             "standardizer": self.standardizer.state(),
             "samples_trained": self.samples_trained,
             "batches_trained": self.batches_trained,
@@ -158,6 +160,12 @@ class Learner:
             raise ValueError("checkpoint optimizer state does not match the model")
         for variable, value in zip(variables, state["optimizer"], strict=True):
             variable.assign(value)
+        model_state = state.get("model_state")  # absent in older checkpoints
+        if model_state is not None and len(model_state) == len(self.model.non_trainable_variables):
+            for variable, value in zip(
+                self.model.non_trainable_variables, model_state, strict=True
+            ):
+                variable.assign(value)
         self.standardizer = RunningStandardizer.from_state(state["standardizer"])
         self.samples_trained = int(state["samples_trained"])
         self.batches_trained = int(state["batches_trained"])

@@ -193,9 +193,7 @@ def decode_for_scoring(codec: Codec, records: Sequence[Any]) -> ScorableBatch:
     if stand_ins:
         second = codec.decode(stand_ins)
         still_rejected = {id(reject.record) for reject in second.rejects}
-        rejects.extend(
-            Reject(originals[id(r.record)], r.reason, r.detail) for r in second.rejects
-        )
+        rejects.extend(Reject(originals[id(r.record)], r.reason, r.detail) for r in second.rejects)
         unlabelled_records = [originals[id(s)] for s in stand_ins if id(s) not in still_rejected]
         features.append(second.features)
     labels = np.concatenate(
@@ -414,7 +412,9 @@ class Scorer:
         self.progress = progress
         self.after_write = after_write
         self.timeout_s = timeout_s
-        self.codec = Codec(settings.num_features, settings.message_format, settings.max_record_bytes)
+        self.codec = Codec(
+            settings.num_features, settings.message_format, settings.max_record_bytes
+        )
         self._probabilities: list[np.ndarray] = []
         self._labels: list[np.ndarray] = []
         self._rejected: Counter[str] = Counter()
@@ -558,7 +558,9 @@ class Scorer:
                 ):
                     return
                 if time.monotonic() > deadline:
-                    raise ScoringError(f"no progress scoring {self.topic} for {self.timeout_s:.0f}s")
+                    raise ScoringError(
+                        f"no progress scoring {self.topic} for {self.timeout_s:.0f}s"
+                    )
         finally:
             bar.close()
 
@@ -609,7 +611,8 @@ def format_score_report(report: ScoreReport) -> str:
     lines = [
         f"scored {report.scored} records of {report.topic} for group {report.group_id} "
         f"with model version {report.model_version} -> {report.output_topic} ({mode})",
-        f"rejected {rejected} -> {report.dead_letter_topic}" + (f" ({reasons})" if reasons else "")
+        f"rejected {rejected} -> {report.dead_letter_topic}"
+        + (f" ({reasons})" if reasons else "")
         + f"; unlabelled {report.unlabelled}",
     ]
     e = report.evaluation

@@ -68,14 +68,15 @@ class ModelSnapshot:
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Probabilities [n] for raw features [n, num_features]."""
-        h = (np.asarray(x, dtype=np.float32) - self.mean) / self.std
+        # Standardize in float64, as the learner does: features can be large (e.g. 1e5 +- 1).
+        h = ((np.asarray(x, dtype=np.float64) - self.mean) / self.std).astype(np.float32)
         for layer in self.layers:
             h = ACTIVATIONS[layer.activation](h @ layer.kernel + layer.bias)
         return h[:, 0]
 
 
-def _frozen(array: Any) -> np.ndarray:
-    frozen = np.array(array, dtype=np.float32)
+def _frozen(array: Any, dtype: type = np.float32) -> np.ndarray:
+    frozen = np.array(array, dtype=dtype)
     frozen.setflags(write=False)
     return frozen
 
@@ -102,8 +103,8 @@ def build_snapshot(
     return ModelSnapshot(
         version=version,
         layers=layers,
-        mean=_frozen(mean),
-        std=_frozen(std),
+        mean=_frozen(mean, np.float64),
+        std=_frozen(std, np.float64),
         samples_trained=samples_trained,
         batches_trained=batches_trained,
     )

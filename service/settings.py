@@ -69,6 +69,14 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _dead_letter_topic_fits(self) -> Settings:
+        if len(self.dead_letter_topic) > 249:
+            raise ValueError(
+                "the dead-letter topic name exceeds Kafka's 249 characters: set STREAMFIT_DLQ_TOPIC"
+            )
+        return self
+
     @property
     def dead_letter_topic(self) -> str:
         """The dead-letter topic: `DLQ_TOPIC`, or `<train topic>.dlq`."""
@@ -101,6 +109,8 @@ def load_settings(**overrides: object) -> Settings:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]
     except ValidationError as exc:
         first = exc.errors()[0]
-        name = ".".join(str(p) for p in first["loc"]) or "settings"
-        env = f"STREAMFIT_{name.upper()}" if first["loc"] else "settings"
-        raise SettingsError(f"invalid setting {env}: {first['msg']}") from None
+        message = first["msg"].removeprefix("Value error, ")
+        if not first["loc"]:
+            raise SettingsError(f"invalid settings: {message}") from None
+        name = ".".join(str(p) for p in first["loc"])
+        raise SettingsError(f"invalid setting STREAMFIT_{name.upper()}: {message}") from None

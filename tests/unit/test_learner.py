@@ -1,0 +1,192 @@
+"""Learner: test-then-train order, exact state round trip, no retracing, refused restores."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.checkpoints import Checkpoint, CheckpointStore
+from service.learner import Learner
+from service.synthetic import synthetic_susy
+
+BATCH = 128
+
+
+def batches(count: int, seed: int = 0, width: int = 18) -> list[tuple[np.ndarray, np.ndarray]]:
+    x, y = synthetic_susy(count * BATCH, seed=seed, num_features=width)
+    return [(x[i : i + BATCH], y[i : i + BATCH]) for i in range(0, count * BATCH, BATCH)]
+
+
+def trained(arch: str, count: int = 4, seed: int = 0) -> Learner:
+    learner = Learner(18, arch, seed=seed)
+    for x, y in batches(count, seed=10 + seed):
+        learner.learn(x, y)
+    return learner
+
+
+def copy_dropout_rng(source: Learner, target: Learner) -> None:
+    """Dropout's random state lives outside get_weights(): Keras SeedGenerator variables."""
+    for theirs, ours in zip(
+        source.model.non_trainable_variables, target.model.non_trainable_variables, strict=True
+    ):
+        ours.assign(theirs.numpy())
+
+
+def test_learn_scores_with_the_model_and_standardizer_from_before_the_update() -> None:
+    learner = trained("mlp", count=3)
+    x, y = batches(1, seed=99)[0]
+    x = x + 3.0  # a shifted batch moves the standardizer noticeably
+    y = y.astype(np.float32)
+
+    before = learner.evaluate_probabilities(x)
+    np.testing.assert_array_equal(before, learner.evaluate_probabilities(x))  # no dropout
+
+    # What scoring after the standardizer update (but with the old weights) would give.
+    other = Learner(18, "mlp")
+    other.restore(learner.state())
+    other.standardizer.update(x)
+    with_new_standardizer = other.evaluate_probabilities(x)
+    assert np.abs(with_new_standardizer - before).max() > 1e-3
+
+    samples, batches_before = learner.samples_trained, learner.batches_trained
+    result = learner.learn(x, y)
+
+    assert result.probabilities.shape == (BATCH,)
+    assert result.samples == BATCH
+    assert np.all((result.probabilities >= 0.0) & (result.probabilities <= 1.0))
+    np.testing.assert_allclose(result.probabilities, before, atol=1e-6)
+    after = learner.evaluate_probabilities(x)
+    assert np.abs(after - before).max() > 1e-4  # it did train on the batch
+    assert np.isfinite(result.loss) and result.loss > 0
+    assert learner.last_loss == result.loss
+    assert learner.samples_trained == samples + BATCH
+    assert learner.batches_trained == batches_before + 1
+
+
+def test_first_batch_feeds_the_prequential_window() -> None:
+    learner = Learner(18, "linear", seed=3)
+    x, y = batches(1, seed=4)[0]
+    expected = learner.evaluate_probabilities(x)
+    result = learner.learn(x, y)
+    np.testing.assert_allclose(result.probabilities, expected, atol=1e-6)
+    accuracy = float(((result.probabilities >= 0.5) == (y >= 0.5)).mean())
+    assert learner.prequential.accuracy == pytest.approx(accuracy)
+    p = np.clip(result.probabilities.astype(np.float64), 1e-7, 1 - 1e-7)
+    loss = -(y * np.log(p) + (1 - y) * np.log(1 - p)).mean()
+    assert learner.prequential.loss == pytest.approx(loss, rel=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["mlp", "linear"])
+def test_restore_gives_identical_predictions_and_counters(arch: str) -> None:
+    original = trained(arch)
+    restored = Learner(18, arch, seed=123)
+    restored.restore(original.state())
+
+    x, _ = batches(2, seed=77)[1]
+    np.testing.assert_array_equal(
+        restored.evaluate_probabilities(x), original.evaluate_probabilities(x)
+    )
+    assert restored.samples_trained == original.samples_trained == 4 * BATCH
+    assert restored.batches_trained == original.batches_trained == 4
+    assert restored.last_loss == original.last_loss
+    assert restored.prequential.accuracy == original.prequential.accuracy
+    assert restored.prequential.loss == original.prequential.loss
+    for mine, theirs in zip(
+        restored.optimizer.variables, original.optimizer.variables, strict=True
+    ):
+        np.testing.assert_array_equal(mine.numpy(), theirs.numpy())
+
+
+def _continue_both(original: Learner, restored: Learner, steps: int = 3) -> None:
+    for x, y in batches(steps, seed=55):
+        expected = original.learn(x, y)
+        got = restored.learn(x, y)
+        assert got.loss == expected.loss
+        np.testing.assert_array_equal(got.probabilities, expected.probabilities)
+    for mine, theirs in zip(
+        restored.model.get_weights(), original.model.get_weights(), strict=True
+    ):
+        np.testing.assert_array_equal(mine, theirs)
+
+
+def test_restore_continues_training_identically_linear() -> None:
+    original = trained("linear")
+    restored = Learner(18, "linear", seed=5)
+    restored.restore(original.state())
+    _continue_both(original, restored)
+
+
+def test_restore_continues_training_identically_mlp_given_the_dropout_rng() -> None:
+    # The weights and the optimizer state (Adam moments, iteration count) restore exactly:
+    # with dropout's random state copied by hand the continuation is bit-identical.
+    original = trained("mlp")
+    restored = Learner(18, "mlp", seed=5)
+    restored.restore(original.state())
+    copy_dropout_rng(original, restored)
+    _continue_both(original, restored)
+
+
+def test_restore_continues_training_identically_mlp() -> None:
+    original = trained("mlp")
+    restored = Learner(18, "mlp")  # same seed as the original, still differs
+    restored.restore(original.state())
+    _continue_both(original, restored)
+
+
+def test_restore_through_a_checkpoint_file(tmp_path: Path) -> None:
+    original = trained("linear", count=3)
+    store = CheckpointStore(tmp_path)
+    store.save(Checkpoint(version=1, state=original.state(), offsets={"t:0": 384}))
+    loaded = store.latest()
+    assert loaded is not None
+
+    restored = Learner(18, "linear", seed=9)
+    restored.restore(loaded.state)
+    x, _ = batches(1, seed=31)[0]
+    np.testing.assert_array_equal(
+        restored.evaluate_probabilities(x), original.evaluate_probabilities(x)
+    )
+    _continue_both(original, restored, steps=2)
+
+
+def test_variable_batch_sizes_do_not_retrace() -> None:
+    learner = Learner(18, "mlp")
+    x, y = synthetic_susy(1 + 7 + 256 + 3, seed=2)
+    start = 0
+    for size in (1, 7, 256, 3):
+        result = learner.learn(x[start : start + size], y[start : start + size])
+        assert result.probabilities.shape == (size,)
+        start += size
+    assert learner._step.experimental_get_tracing_count() == 1
+    assert learner.samples_trained == start
+
+
+def test_restore_with_other_num_features_is_refused() -> None:
+    narrow = Learner(5, "linear")
+    x, y = batches(1, width=5)[0]
+    narrow.learn(x, y)
+    learner = Learner(18, "linear")
+    weights = learner.model.get_weights()
+    with pytest.raises(ValueError, match="5 features"):
+        learner.restore(narrow.state())
+    for mine, before in zip(learner.model.get_weights(), weights, strict=True):
+        np.testing.assert_array_equal(mine, before)  # nothing half-restored
+
+
+def test_restore_with_other_architecture_is_refused() -> None:
+    with pytest.raises(ValueError, match="linear"):
+        Learner(18, "mlp").restore(Learner(18, "linear").state())
+
+
+def test_restore_with_mismatched_optimizer_state_is_refused() -> None:
+    state = Learner(18, "linear").state()
+    state["optimizer"] = state["optimizer"][:-1]
+    with pytest.raises(ValueError, match="optimizer"):
+        Learner(18, "linear").restore(state)
+
+
+def test_unknown_architecture_is_refused() -> None:
+    with pytest.raises(ValueError, match="cnn"):
+        Learner(18, "cnn")

@@ -1,0 +1,225 @@
+"""Settings: SPEC.md defaults, STREAMFIT_ environment, one-line errors naming the setting."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from service import cli
+from service.settings import Settings, SettingsError, load_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# SPEC.md, "Configuration".
+SPEC_DEFAULTS = {
+    "kafka_bootstrap": "127.0.0.1:9092",
+    "train_topic": "susy-train",
+    "group_id": "streamfit",
+    "batch_size": 256,
+    "stream_timeout_ms": -1,
+    "num_features": 18,
+    "message_format": "csv",
+    "checkpoint_dir": Path("./checkpoints"),
+    "checkpoint_interval_s": 30,
+    "checkpoint_keep": 5,
+    "model_name": "susy",
+    "http_host": "127.0.0.1",
+    "http_port": 8000,
+    "role": "all",
+    "api_key": None,
+    "log_format": "json",
+    "security_protocol": "PLAINTEXT",
+}
+
+
+def test_defaults_are_the_spec_values(clean_env: pytest.MonkeyPatch) -> None:
+    settings = load_settings()
+    for name, value in SPEC_DEFAULTS.items():
+        assert getattr(settings, name) == value, name
+    assert settings.dlq_topic is None
+    assert settings.dead_letter_topic == "susy-train.dlq"
+    assert settings.kafka_client_options() == {
+        "bootstrap_servers": "127.0.0.1:9092",
+        "security_protocol": "PLAINTEXT",
+    }
+
+
+def test_environment_is_read(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("STREAMFIT_BATCH_SIZE", "32")
+    clean_env.setenv("STREAMFIT_TRAIN_TOPIC", "clicks")
+    clean_env.setenv("STREAMFIT_ROLE", "predictor")
+    clean_env.setenv("STREAMFIT_MESSAGE_FORMAT", "json")
+    clean_env.setenv("STREAMFIT_STREAM_TIMEOUT_MS", "5000")
+    clean_env.setenv("STREAMFIT_CHECKPOINT_DIR", "/tmp/somewhere")
+    clean_env.setenv("STREAMFIT_LOG_LEVEL", "debug")
+    clean_env.setenv("STREAMFIT_API_KEY", "s3cret")
+    settings = load_settings()
+    assert settings.batch_size == 32
+    assert settings.train_topic == "clicks"
+    assert settings.role == "predictor"
+    assert settings.message_format == "json"
+    assert settings.stream_timeout_ms == 5000
+    assert settings.checkpoint_dir == Path("/tmp/somewhere")
+    assert settings.log_level == "DEBUG"
+    assert settings.api_key == "s3cret"
+    assert settings.dead_letter_topic == "clicks.dlq"
+
+
+def test_explicit_overrides_beat_the_environment(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("STREAMFIT_BATCH_SIZE", "32")
+    assert load_settings(batch_size="64").batch_size == 64
+    assert load_settings(batch_size=None).batch_size == 32  # None means "not given"
+
+
+def test_dlq_topic_setting_wins(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("STREAMFIT_DLQ_TOPIC", "rejected")
+    assert load_settings().dead_letter_topic == "rejected"
+
+
+def test_sasl_settings_reach_the_client_options(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("STREAMFIT_SECURITY_PROTOCOL", "SASL_PLAINTEXT")
+    clean_env.setenv("STREAMFIT_SASL_MECHANISM", "SCRAM-SHA-512")
+    clean_env.setenv("STREAMFIT_SASL_USERNAME", "alice")
+    clean_env.setenv("STREAMFIT_SASL_PASSWORD", "pw")
+    settings = load_settings()
+    options = settings.kafka_client_options()
+    assert options["sasl_mechanism"] == "SCRAM-SHA-512"
+    assert options["sasl_plain_username"] == "alice"
+    assert options["sasl_plain_password"] == "pw"
+    assert "pw" not in repr(settings)
+
+
+BAD_SETTINGS = [
+    ("STREAMFIT_BATCH_SIZE", "0"),
+    ("STREAMFIT_BATCH_SIZE", "lots"),
+    ("STREAMFIT_ROLE", "bogus"),
+    ("STREAMFIT_MESSAGE_FORMAT", "xml"),
+    ("STREAMFIT_HTTP_PORT", "70000"),
+    ("STREAMFIT_HTTP_PORT", "-1"),
+    ("STREAMFIT_NUM_FEATURES", "0"),
+    ("STREAMFIT_STREAM_TIMEOUT_MS", "-2"),
+    ("STREAMFIT_CHECKPOINT_KEEP", "0"),
+    ("STREAMFIT_CHECKPOINT_INTERVAL_S", "0"),
+    ("STREAMFIT_TRAIN_TOPIC", "no spaces"),
+    ("STREAMFIT_LOG_FORMAT", "yaml"),
+]
+
+
+def _assert_one_line_naming(message: str, name: str) -> None:
+    assert "\n" not in message.strip()
+    assert name in message
+
+
+@pytest.mark.parametrize(("name", "value"), BAD_SETTINGS)
+def test_bad_environment_value_names_the_variable(
+    clean_env: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    clean_env.setenv(name, value)
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    _assert_one_line_naming(str(caught.value), name)
+
+
+@pytest.mark.parametrize(("name", "value"), BAD_SETTINGS)
+def test_bad_override_names_the_variable(
+    clean_env: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    field = name.removeprefix("STREAMFIT_").lower()
+    with pytest.raises(SettingsError) as caught:
+        load_settings(**{field: value})
+    _assert_one_line_naming(str(caught.value), name)
+
+
+@pytest.mark.parametrize("protocol", ["SASL_PLAINTEXT", "SASL_SSL"])
+@pytest.mark.parametrize("missing", ["MECHANISM", "USERNAME", "PASSWORD"])
+def test_sasl_without_credentials_is_refused(
+    clean_env: pytest.MonkeyPatch, protocol: str, missing: str
+) -> None:
+    clean_env.setenv("STREAMFIT_SECURITY_PROTOCOL", protocol)
+    credentials = {"MECHANISM": "PLAIN", "USERNAME": "alice", "PASSWORD": "pw"}
+    for part, value in credentials.items():
+        if part != missing:
+            clean_env.setenv(f"STREAMFIT_SASL_{part}", value)
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    _assert_one_line_naming(str(caught.value), "STREAMFIT_SASL_")
+    assert missing in str(caught.value)
+
+
+def test_settings_are_frozen(clean_env: pytest.MonkeyPatch) -> None:
+    settings = load_settings()
+    with pytest.raises(Exception):  # noqa: B017 - pydantic's ValidationError
+        settings.batch_size = 1  # type: ignore[misc]
+
+
+def test_derived_dead_letter_topic_is_a_legal_kafka_name(clean_env: pytest.MonkeyPatch) -> None:
+    try:
+        settings = load_settings(train_topic="t" * 249)
+    except SettingsError as exc:
+        _assert_one_line_naming(str(exc), "STREAMFIT_")
+        return
+    assert len(settings.dead_letter_topic) <= 249
+
+
+def test_every_setting_has_a_serve_flag() -> None:
+    parser = cli.build_parser()
+    serve = next(
+        action.choices["serve"]
+        for action in parser._actions  # noqa: SLF001 - argparse has no public accessor
+        if hasattr(action, "choices") and isinstance(action.choices, dict)
+    )
+    flags = {option for action in serve._actions for option in action.option_strings}
+    for name in Settings.model_fields:
+        assert "--" + name.replace("_", "-") in flags, name
+
+
+@pytest.mark.parametrize(
+    ("argv", "name"),
+    [
+        (["serve", "--batch-size", "0"], "STREAMFIT_BATCH_SIZE"),
+        (["serve", "--role", "bogus"], "STREAMFIT_ROLE"),
+        (["serve", "--message-format", "xml"], "STREAMFIT_MESSAGE_FORMAT"),
+        (["serve", "--http-port", "70000"], "STREAMFIT_HTTP_PORT"),
+    ],
+)
+def test_cli_bad_flag_exits_2_with_one_line(
+    clean_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], argv: list[str], name: str
+) -> None:
+    clean_env.setattr(cli, "serve", lambda settings: 0)  # never start a server from a unit test
+    assert cli.main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1
+    assert name in lines[0]
+
+
+def test_cli_bad_environment_exits_2(
+    clean_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    clean_env.setattr(cli, "serve", lambda settings: 0)
+    clean_env.setenv("STREAMFIT_SECURITY_PROTOCOL", "SASL_SSL")
+    assert cli.main(["serve"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "STREAMFIT_SASL_" in lines[0]
+
+
+def test_python_m_service_serve_bad_batch_size() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMFIT_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "service", "serve", "--batch-size", "0"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "STREAMFIT_BATCH_SIZE" in lines[0]
