@@ -8,12 +8,13 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -346,18 +347,36 @@ def create_app(settings: Settings) -> FastAPI:
             "prequential": prequential,
             "role": settings.role,
             "trainer": trainer.status() if trainer else None,
+            "drift": trainer.drift_summary() if trainer and trainer.learner else None,
         }
+
+    @app.get("/history", tags=["model"])
+    async def history() -> dict[str, Any]:
+        """Prequential accuracy/loss along the stream, with drift, checkpoint, rollback events."""
+        trainer, follower = runtime.trainer, runtime.follower
+        if trainer is not None and trainer.learner is not None:
+            return dict(trainer.learner.history.state())
+        if follower is not None and follower.checkpoint is not None:
+            return dict(follower.checkpoint.state.get("history", {}))
+        return {"every": None, "points": [], "events": []}
+
+    @app.get("/dashboard", tags=["model"], response_class=FileResponse)
+    async def dashboard() -> FileResponse:
+        """A live page: learning curve, version, accuracy, lag."""
+        return FileResponse(Path(__file__).with_name("dashboard.html"), media_type="text/html")
 
     @app.get("/lag", tags=["kafka"])
     async def lag() -> dict[str, Any]:
         """Per partition: committed offset, learned position, log-end offset and lag."""
-        rows = runtime.trainer.lag_by_partition() if runtime.trainer else []
+        trainer = runtime.trainer
+        rows = trainer.lag_by_partition() if trainer else []
         known = [r["lag"] for r in rows if r["lag"] is not None]
         return {
             "group_id": settings.group_id,
             "topic": settings.train_topic,
             "partitions": rows,
             "total_lag": sum(known) if rows and len(known) == len(rows) else None,
+            "status": trainer.lag_health.worst() if trainer else None,
         }
 
     async def live() -> dict[str, Any]:

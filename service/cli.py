@@ -1,4 +1,4 @@
-"""Command line: `streamfit serve | broker | produce | lag | dev`."""
+"""Command line: `streamfit serve | broker | produce | lag | fit | score | report | dev`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-
 from pathlib import Path
 from typing import Any
 
@@ -175,7 +174,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
             args, kafka_bootstrap=bootstrap, train_topic=args.topic, log_format="text"
         )
         print(
-            f"serving on http://{settings.http_host}:{settings.http_port} (Ctrl-C stops everything)",
+            f"serving on http://{settings.http_host}:{settings.http_port} (Ctrl-C stops all)",
             flush=True,
         )
         return serve(settings)
@@ -184,6 +183,19 @@ def cmd_dev(args: argparse.Namespace) -> int:
             stream.terminate()
             stream.wait()
         broker.stop()
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from service.report import ReportError, report_from_checkpoints
+
+    directory = args.checkpoint_dir or str(load_settings().checkpoint_dir)
+    try:
+        path = report_from_checkpoints(directory, args.output)
+    except ReportError as exc:
+        print(f"streamfit report: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {path}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -227,6 +239,11 @@ def build_parser() -> argparse.ArgumentParser:
     dev_parser.add_argument("--rate", type=float, default=500.0)
     _add_setting_flags(dev_parser, exclude=("kafka_bootstrap", "train_topic"))
     dev_parser.set_defaults(func=cmd_dev)
+    report_parser = commands.add_parser("report", help="PNG learning curve from checkpoints")
+    report_parser.add_argument("--checkpoint-dir", default=None, help="default: CHECKPOINT_DIR")
+    report_parser.add_argument("--output", default="learning-curve.png")
+    report_parser.set_defaults(func=cmd_report)
+
     add_batch_commands(commands)
     return parser
 

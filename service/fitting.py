@@ -4,9 +4,10 @@
 a group-less consumer assigned to every partition, up to each partition's end as it was when
 the read began (the high watermark from fetch responses: Tansu's ListOffsets(latest) is wrong,
 SPEC.md "The embedded broker"). It then trains a `Learner` on that data for `epochs` passes,
-shuffled per epoch, and writes a checkpoint whose offsets are those ends. `streamfit serve`
-with the same checkpoint directory restores it and seeks there, so online learning continues
-with the first record the fit did not see (warm start), each record learned exactly once more.
+shuffled per epoch, and writes a checkpoint whose offsets are those ends; then it commits the
+same offsets for the service's consumer group. `streamfit serve` with the same checkpoint
+directory restores it and seeks there, so online learning continues with the first record the
+fit did not see (warm start).
 """
 
 from __future__ import annotations
@@ -85,13 +86,13 @@ async def read_topic(
         fetch_max_bytes=64 * 1024 * 1024,
         max_partition_fetch_bytes=8 * 1024 * 1024,
     )
-    await consumer.start()
     features: list[np.ndarray] = []
     labels: list[np.ndarray] = []
     rejected: Counter[str] = Counter()
     ends: dict[TopicPartition, int] = {}
     bar = tqdm(unit="rec", desc=f"reading {topic}", disable=not progress, leave=False)
     try:
+        await consumer.start()
         partitions = await topic_partitions(consumer, topic)
         if not partitions:
             raise FitError(f"topic {topic!r} does not exist")
@@ -101,7 +102,7 @@ async def read_topic(
         deadline = time.monotonic() + timeout_s
         while len(done) < len(partitions):
             batches = await consumer.getmany(timeout_ms=500, max_records=10_000)
-            records = []
+            records: list[Any] = []
             for tp in partitions:
                 highwater = consumer.highwater(tp)
                 if tp not in ends and highwater is not None:
@@ -192,7 +193,10 @@ def fit(
     if epochs < 1:
         raise FitError("--epochs must be at least 1")
     codec = Codec(settings.num_features, settings.message_format, settings.max_record_bytes)
-    data = asyncio.run(read_topic(settings.kafka_client_options(), topic, codec, progress))
+    try:
+        data = asyncio.run(read_topic(settings.kafka_client_options(), topic, codec, progress))
+    except KafkaError as exc:
+        raise FitError(f"cannot read {topic!r}: {type(exc).__name__}: {exc}") from exc
     if len(data) == 0:
         raise FitError(f"topic {topic!r} has no decodable records to fit")
     if data.rejected:

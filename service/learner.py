@@ -76,6 +76,11 @@ class Learner:
         self.standardizer = RunningStandardizer(num_features)
         self.prequential = PrequentialWindow(window)
         self.history = LearningHistory()
+        self._activations = [
+            layer.get_config()["activation"]
+            for layer in self.model.layers
+            if isinstance(layer, keras.layers.Dense)
+        ]
         self.samples_trained = 0
         self.batches_trained = 0
         self.last_loss: float | None = None
@@ -121,11 +126,7 @@ class Learner:
 
     def activations(self) -> list[str]:
         """Activation of each Dense layer, in order (what a NumPy forward pass needs)."""
-        return [
-            layer.get_config()["activation"]
-            for layer in self.model.layers
-            if isinstance(layer, keras.layers.Dense)
-        ]
+        return list(self._activations)
 
     # -- state for checkpoints ------------------------------------------------------------
 

@@ -62,3 +62,16 @@ EVENT_LOOP_LAG = Histogram(
     "How late the event loop runs a timer (blocking shows here before heartbeats fail)",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
+DRIFT_DETECTED = Counter(
+    "streamfit_drift_detected", "Concept drifts detected on the prequential loss", ["policy"]
+)
+CONSUMER_LAG_SECONDS = Gauge(
+    "streamfit_consumer_lag_seconds",
+    "Age of the oldest record not yet learned (0 when caught up)",
+    ["topic", "partition"],
+)
+CONSUMER_LAG_STATUS = Gauge(
+    "streamfit_consumer_lag_status",
+    "Burrow-style partition status: 1 for the current one of OK/WARN/STALL/STOP/REWIND",
+    ["topic", "partition", "status"],
+)

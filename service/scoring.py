@@ -36,7 +36,7 @@ from typing import Any, Literal
 
 import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaConnectionError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
 from service.checkpoints import CheckpointStore
@@ -127,7 +127,9 @@ def predict_rowwise(snapshot: ModelSnapshot, x: np.ndarray) -> np.ndarray:
     Gives bit-identical results for a row whatever rows share its batch, which a BLAS product
     of the whole batch does not (measured: last-bit differences), at ~10 us per row.
     """
-    h = ((np.asarray(x, dtype=np.float32) - snapshot.mean) / snapshot.std)[:, None, :]
+    # Standardized in float64 as `ModelSnapshot.predict` does; then float32 like its layers.
+    h = ((np.asarray(x, dtype=np.float64) - snapshot.mean) / snapshot.std).astype(np.float32)
+    h = h[:, None, :]
     for layer in snapshot.layers:
         h = ACTIVATIONS[layer.activation](np.matmul(h, layer.kernel) + layer.bias)
     return np.asarray(h[:, 0, 0])
@@ -316,6 +318,8 @@ class Output:
             except KafkaError as exc:
                 with contextlib.suppress(Exception):
                     await producer.stop()
+                if isinstance(exc, KafkaConnectionError):
+                    raise  # the broker is unreachable, not refusing
                 if self.mode == "on":
                     raise ScoringError(
                         f"the broker refused transactions ({type(exc).__name__}: {exc}); "
@@ -332,8 +336,23 @@ class Output:
         producer = AIOKafkaProducer(
             **self.client_options, client_id="streamfit-score", acks="all", linger_ms=5
         )
-        await producer.start()
+        try:
+            await producer.start()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await producer.stop()
+            raise
         self._producer = producer
+
+    async def track(self, topic: str) -> None:
+        """Keep `topic` in the producer's metadata.
+
+        aiokafka tracks only topics it had to look up: one it already knew from the start-up
+        metadata (all topics) is dropped from the cache when the first other topic is looked
+        up (e.g. the dead-letter topic), failing its pending batches with NotLeaderForPartition.
+        """
+        assert self._producer is not None, "Output.start() first"
+        await self._producer.client.add_topic(topic)
 
     async def stop(self) -> None:
         if self._producer is not None:
@@ -470,6 +489,7 @@ class Scorer:
             if not partitions:
                 raise ScoringError(f"topic {self.topic!r} does not exist")
             await self._ensure_output_topic(options, len(partitions))
+            await output.track(self.output_topic)
             # Manual assignment: the group holds the offsets; one scorer per group is the
             # unit of work (a second one with the same transactional id fences the first).
             consumer.assign(partitions)
@@ -646,4 +666,10 @@ def score(
     scorer = Scorer(
         settings, topic, group_id, output_topic, transactions, batch_size, progress, after_write
     )
-    return asyncio.run(scorer.run())
+    try:
+        return asyncio.run(scorer.run())
+    except KafkaError as exc:
+        raise ScoringError(
+            f"Kafka failed ({type(exc).__name__}: {exc}); committed batches stay scored, "
+            "run again to continue"
+        ) from exc

@@ -76,7 +76,7 @@ class ModelSnapshot:
 
 
 def _frozen(array: Any, dtype: type = np.float32) -> np.ndarray:
-    frozen = np.array(array, dtype=dtype)
+    frozen: np.ndarray = np.array(array, dtype=dtype)  # a private copy: callers may reuse theirs
     frozen.setflags(write=False)
     return frozen
 

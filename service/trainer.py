@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -24,7 +24,9 @@ from aiokafka.structs import OffsetAndMetadata
 from service import metrics
 from service.checkpoints import Checkpoint, CheckpointStore, offset_key, parse_offset_key
 from service.codec import Codec, DecodedBatch, Reject
+from service.drift import DriftDetector, DriftPolicy, log_losses
 from service.feedback import PendingPredictions
+from service.lag_health import LagHealth, LagStatus
 from service.producer import ensure_topic
 from service.serving import SnapshotHolder, snapshot_from_learner
 from service.settings import Settings
@@ -32,6 +34,15 @@ from service.settings import Settings
 log = logging.getLogger(__name__)
 
 RECONNECT_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
+
+
+@dataclass
+class _InFlight:
+    """A batch being learned on the worker thread, and what it advances once learned."""
+
+    future: asyncio.Future[None]
+    batches: dict[TopicPartition, list[Any]]
+    used: list[str]
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -83,6 +94,12 @@ class Trainer:
         self._last_publish = 0.0
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._inflight: _InFlight | None = None
+        self.drift = DriftDetector(threshold=settings.drift_threshold)
+        self.drift_policy = DriftPolicy(settings.drift_policy)
+        self._rollback_before: int | None = None
+        self.lag_health = LagHealth()
+        self._last_timestamp: dict[TopicPartition, int] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -110,6 +127,7 @@ class Trainer:
         checkpoint = self.store.latest()
         if checkpoint is not None:
             self.learner.restore(checkpoint.state)
+            self._restore_drift(checkpoint.state)
             self.version = checkpoint.version
             self.checkpoint_meta = checkpoint.metadata()
             self.offsets = {
@@ -128,6 +146,13 @@ class Trainer:
         self.version = max(self.version, self.store.newest_version())
         self._publish()
         self._update_learning_metrics()
+
+    def _restore_drift(self, state: dict[str, Any]) -> None:
+        if "drift" in state:
+            try:
+                self.drift.restore(state["drift"])
+            except (KeyError, TypeError, ValueError):
+                log.warning("drift detector state unreadable; starting it afresh")
 
     def _publish(self) -> None:
         self.snapshots.publish(snapshot_from_learner(self.learner, self.version))
@@ -195,11 +220,13 @@ class Trainer:
         )
         topics = [s.train_topic, *([s.labels_topic] if s.labels_topic else [])]
         consumer.subscribe(topics, listener=_Rebalance(self))
+        # Set before start(): the first rebalance can run inside start(), and the rebalance
+        # listener seeks through self._consumer.
+        self._consumer, self._producer = consumer, producer
         try:
             await self._ensure_side_topics()
             await consumer.start()
             await producer.start()
-            self._consumer, self._producer = consumer, producer
             self.kafka_connected, self.last_error = True, None
             metrics.KAFKA_CONNECTED.set(1)
             metrics.TRAINING_ACTIVE.set(1)
@@ -234,19 +261,36 @@ class Trainer:
                 consumer.pause(*consumer.assignment())
             else:
                 consumer.resume(*consumer.assignment())
-            batches = await consumer.getmany(timeout_ms=200, max_records=s.batch_size)
+            # With a batch in flight, take only what is buffered: settling it must not wait.
+            wait_ms = 0 if self._inflight is not None else 200
+            batches = await consumer.getmany(timeout_ms=wait_ms, max_records=s.batch_size)
             self.kafka_connected = True
             metrics.KAFKA_CONNECTED.set(1)
             if self.paused and batches:
                 # Paused while the fetch was in flight: put the records back.
                 for tp, part in batches.items():
                     self._rewind(consumer, tp, part[0].offset)
-                continue
+                batches = {}
             if any(batches.values()):
                 self._last_record = time.monotonic()
+                # Decoding here overlaps with the previous batch learning on the worker thread.
+                decoded, used = self._decode(batches)
                 async with self._batch_lock:
-                    await self._learn_batches(consumer, batches)
+                    await self._settle(consumer)
+                    try:
+                        if decoded.rejects:
+                            await self._dead_letter(decoded.rejects)
+                    except BaseException:
+                        for tp, part in batches.items():
+                            self._rewind(consumer, tp, part[0].offset)
+                        raise
+                    self._inflight = _InFlight(self._submit(decoded), batches, used)
+            elif self._inflight is not None:
+                async with self._batch_lock:
+                    await self._settle(consumer)
             self._update_lag(consumer)
+            if self._rollback_before is not None:
+                await self._rollback_after_drift()
             if self._learned_since_checkpoint and (
                 time.monotonic() - self._last_checkpoint >= s.checkpoint_interval_s
             ):
@@ -262,12 +306,11 @@ class Trainer:
                 return
         await self.checkpoint(consumer)
 
-    async def _learn_batches(
-        self, consumer: AIOKafkaConsumer, batches: dict[TopicPartition, list[Any]]
-    ) -> None:
+    def _decode(self, batches: dict[TopicPartition, list[Any]]) -> tuple[DecodedBatch, list[str]]:
+        """Decode train records, and join label records with pending predictions."""
         labels_topic = self.settings.labels_topic
         records = [r for tp, part in batches.items() if tp.topic != labels_topic for r in part]
-        feedback: DecodedBatch | None = None
+        decoded = self.codec.decode(records)
         used: list[str] = []
         if labels_topic and self.pending is not None:
             label_records = [
@@ -275,24 +318,35 @@ class Trainer:
             ]
             if label_records:
                 feedback, used = self.pending.join(label_records)
+                decoded = decoded.extended(feedback)
+        return decoded, used
+
+    def _submit(self, decoded: DecodedBatch) -> asyncio.Future[None]:
+        """Start learning a decoded batch on the worker thread."""
+        if not len(decoded):
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
+        return asyncio.get_running_loop().run_in_executor(self._train_thread, self._learn, decoded)
+
+    async def _settle(self, consumer: AIOKafkaConsumer | None) -> None:
+        """Wait for the batch in flight; once learned, its offsets advance. Hold _batch_lock."""
+        inflight, self._inflight = self._inflight, None
+        if inflight is None:
+            return
         try:
-            # Clean batches decode and learn in one hop to the worker thread; a batch with
-            # rejects learns only after its dead letters are acknowledged.
-            rejects = await self._in_learner_thread(self._decode_and_learn, records, feedback)
-            if rejects is not None:
-                await self._dead_letter(rejects.rejects)
-                if len(rejects):
-                    await self._in_learner_thread(self._learn, rejects)
+            await inflight.future
         except BaseException:
-            # Not learned: rewind so the same records come again.
-            for tp, part in batches.items():
-                self._rewind(consumer, tp, part[0].offset)
+            if consumer is not None:
+                for tp, part in inflight.batches.items():
+                    self._rewind(consumer, tp, part[0].offset)
             raise
-        for tp, part in batches.items():
+        for tp, part in inflight.batches.items():
             self.offsets[tp] = part[-1].offset + 1
+            self._last_timestamp[tp] = part[-1].timestamp
         self._learned_since_checkpoint = True
-        if used and self.pending is not None:
-            self.pending.forget(used)
+        if inflight.used and self.pending is not None:
+            self.pending.forget(inflight.used)
 
     def _rewind(self, consumer: AIOKafkaConsumer, tp: TopicPartition, first: int) -> None:
         """Seek back to the next offset not yet learned (`first` of the batch if unknown)."""
@@ -301,22 +355,11 @@ class Trainer:
         except Exception:  # the consumer may be closing; a restart seeks from the checkpoint
             log.debug("rewind failed", exc_info=True)
 
-    def _decode_and_learn(
-        self, records: list[Any], feedback: DecodedBatch | None = None
-    ) -> DecodedBatch | None:
-        """Learn a batch without rejects and return None, or return the decoded batch."""
-        decoded = self.codec.decode(records)
-        if feedback is not None:
-            decoded = decoded.extended(feedback)
-        if decoded.rejects:
-            return decoded
-        if len(decoded):
-            self._learn(decoded)
-        return None
-
     def _learn(self, batch: DecodedBatch) -> None:
         started = time.perf_counter()
         result = self.learner.learn(batch.features, batch.labels)
+        if self.drift_policy is not DriftPolicy.NONE:
+            self._watch_drift(result.probabilities, batch.labels)
         now = time.monotonic()
         if now - self._last_publish >= self.settings.snapshot_interval_s:
             self._publish_from_thread()
@@ -325,6 +368,37 @@ class Trainer:
         metrics.SAMPLES_TRAINED.inc(result.samples)
         metrics.BATCHES_TRAINED.inc()
         self._update_learning_metrics()
+
+    def _watch_drift(self, probabilities: Any, labels: Any) -> None:
+        """Feed the drift detector; carry out the policy when it fires (worker thread)."""
+        samples = self.learner.samples_trained
+        if not self.drift.update(log_losses(probabilities, labels), samples=samples):
+            return
+        info = dict(self.drift.last_drift or {})
+        policy = self.drift_policy.value
+        self.learner.history.event(samples, "drift", policy=policy, **info)
+        metrics.DRIFT_DETECTED.labels(policy).inc()
+        log.warning("concept drift detected", extra={"policy": policy, **info})
+        if self.drift_policy is DriftPolicy.RESET_OPTIMIZER:
+            for variable in self.learner.optimizer.variables:
+                if not variable.path.endswith("learning_rate"):
+                    variable.assign(variable.numpy() * 0)
+        elif self.drift_policy is DriftPolicy.ROLLBACK:
+            self._rollback_before = int(info.get("onset", samples))
+
+    async def _rollback_after_drift(self) -> None:
+        """Roll back to the newest retained checkpoint from before the drift's onset."""
+        onset, self._rollback_before = self._rollback_before, None
+        assert onset is not None
+        candidates = [
+            int(e["version"])
+            for e in self.store.manifest()["checkpoints"]
+            if e.get("samples_trained") is not None and int(e["samples_trained"]) <= onset
+        ]
+        if not candidates:
+            log.warning("drift: no retained checkpoint before the onset; keeping the model")
+            return
+        await self.rollback(max(candidates))
 
     def _publish_from_thread(self) -> None:
         self.snapshots.publish(snapshot_from_learner(self.learner, self.version))
@@ -365,6 +439,7 @@ class Trainer:
         consumer = consumer or self._consumer
         async with self._checkpoint_lock:
             async with self._batch_lock:
+                await self._settle(consumer)
                 if not self._learned_since_checkpoint and self.version > 0:
                     return None
                 state = await self._in_learner_thread(self._state_for_checkpoint, self.version + 1)
@@ -416,7 +491,8 @@ class Trainer:
         """
         checkpoint = await asyncio.to_thread(self.store.load, version)
         async with self._batch_lock:
-            await self._in_learner_thread(self._adopt, checkpoint.state)
+            await self._settle(self._consumer)
+            await self._in_learner_thread(self._adopt, checkpoint.state, version)
             self._learned_since_checkpoint = True
             self._rolled_back_to = version
         log.warning("rolled back", extra={"to_version": version})
@@ -425,10 +501,20 @@ class Trainer:
     def _state_for_checkpoint(self, version: int) -> dict[str, Any]:
         self.learner.history.event(self.learner.samples_trained, "checkpoint", version=version)
         self._publish_from_thread()  # the served model is never older than a checkpoint
-        return self.learner.state()
+        state = self.learner.state()
+        state["drift"] = self.drift.state()
+        return state
 
-    def _adopt(self, state: dict[str, Any]) -> None:
+    def _adopt(self, state: dict[str, Any], version: int) -> None:
+        samples_before = self.learner.samples_trained
         self.learner.restore(state)
+        self._restore_drift(state)
+        self.learner.history.event(
+            self.learner.samples_trained,
+            "rollback",
+            to_version=version,
+            from_samples=samples_before,
+        )
         self._publish_from_thread()
         self._update_learning_metrics()
 
@@ -490,6 +576,8 @@ class Trainer:
             return
         # The next owner starts from the committed offsets: make them what we learned.
         await self._checkpoint_quietly(self._consumer)
+        for tp in revoked:
+            self.lag_health.forget(tp)
         log.info(
             "partitions revoked",
             extra={"partitions": [f"{t.topic}:{t.partition}" for t in revoked]},
@@ -505,12 +593,22 @@ class Trainer:
     # -- what the API reads ----------------------------------------------------------------
 
     def _update_lag(self, consumer: AIOKafkaConsumer) -> None:
+        now = time.time()
         for tp in consumer.assignment():
             highwater = consumer.highwater(tp)
             position = self.offsets.get(tp)
-            if highwater is not None and position is not None:
-                metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(
-                    max(highwater - position, 0)
+            if highwater is None or position is None:
+                continue
+            labels = (tp.topic, str(tp.partition))
+            metrics.CONSUMER_LAG.labels(*labels).set(max(highwater - position, 0))
+            self.lag_health.observe(
+                tp, position, highwater, now, self._last_timestamp.pop(tp, None)
+            )
+            health = self.lag_health.evaluate(tp, now)
+            metrics.CONSUMER_LAG_SECONDS.labels(*labels).set(health["lag_seconds"] or 0.0)
+            for status in LagStatus:
+                metrics.CONSUMER_LAG_STATUS.labels(*labels, status.value).set(
+                    1 if status.value == health["status"] else 0
                 )
 
     def lag_by_partition(self) -> list[dict[str, Any]]:
@@ -525,17 +623,30 @@ class Trainer:
             lag = None
             if highwater is not None:
                 lag = max(highwater - (position or 0), 0)
-            rows.append(
-                {
-                    "topic": tp.topic,
-                    "partition": tp.partition,
-                    "committed_offset": self.committed.get(tp),
-                    "position": position,
-                    "log_end_offset": highwater,
-                    "lag": lag,
-                }
-            )
+            row = {
+                "topic": tp.topic,
+                "partition": tp.partition,
+                "committed_offset": self.committed.get(tp),
+                "position": position,
+                "log_end_offset": highwater,
+                "lag": lag,
+                "status": None,
+                "lag_seconds": None,
+            }
+            if tp in self.lag_health:
+                health = self.lag_health.evaluate(tp, log_end=highwater)
+                row["status"], row["lag_seconds"] = health["status"], health["lag_seconds"]
+            rows.append(row)
         return rows
+
+    def drift_summary(self) -> dict[str, Any]:
+        """Policy, detections and drift points (from the learning history) for /model."""
+        events = self.learner.history.events if self.learner is not None else []
+        return {
+            "policy": self.drift_policy.value,
+            "detections": self.drift.detections,
+            "points": [e for e in events if e.get("kind") == "drift"],
+        }
 
     def status(self) -> dict[str, Any]:
         return {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.support import produce_synthetic
+from tests.support import produce_synthetic, wait_for
 
 
 def test_trains_every_record_and_serves_probabilities(broker, topic, service_factory):
@@ -22,8 +22,7 @@ def test_trains_every_record_and_serves_probabilities(broker, topic, service_fac
     assert all(0.0 <= p <= 1.0 for p in body["predictions"])
     assert body["model_version"] == service.get("/model")["version"]
 
-    lag = service.get("/lag")
-    assert lag["total_lag"] == 0
+    lag = wait_for(lambda: (v := service.get("/lag"))["total_lag"] == 0 and v, 10, what="lag 0")
     assert sorted(p["partition"] for p in lag["partitions"]) == [0, 1, 2]
 
     metrics = service.get_text("/metrics")

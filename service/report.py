@@ -1,0 +1,153 @@
+"""Report: a PNG learning curve of the prequential accuracy and loss, with drift, checkpoint
+and rollback events, from a learner's history (`LearningHistory.state()`) or a checkpoint.
+
+Drawn with matplotlib's object API on the Agg canvas (no pyplot, no display, no global state),
+so a server thread can render it; the file is written atomically.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
+
+from service.checkpoints import CheckpointStore
+
+ACCURACY_COLOR = "#1f77b4"
+LOSS_COLOR = "#d62728"
+DRIFT_COLOR = "#ff7f0e"
+CHECKPOINT_COLOR = "#2ca02c"
+ROLLBACK_COLOR = "#9467bd"
+MAX_CHECKPOINT_LABELS = 12
+
+
+class ReportError(Exception):
+    """There is nothing to draw a report from."""
+
+
+def _samples_label(value: float, _position: object = None) -> str:
+    for size, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= size:
+            return f"{value / size:g}{suffix}"
+    return f"{value:g}"
+
+
+def _events(history: dict[str, Any], kind: str) -> list[dict[str, Any]]:
+    return [e for e in history.get("events", []) if e.get("kind") == kind and "samples" in e]
+
+
+def write_report(history: dict[str, Any], path: Path | str, title: str) -> Path:
+    """Draw accuracy (top) and log-loss (bottom) against samples learned; return the path.
+
+    Drift events are dashed vertical lines, rollbacks solid ones, checkpoints triangles on
+    the accuracy panel labelled with their version (the newest ones when there are many).
+    """
+    path = Path(path)
+    points = sorted(history.get("points", []), key=lambda p: p["samples"])
+    samples = [p["samples"] for p in points]
+    accuracy = [p["accuracy"] for p in points]
+    loss = [p["loss"] for p in points]
+
+    figure = Figure(figsize=(10, 6.5), dpi=110, layout="constrained")
+    FigureCanvasAgg(figure)
+    top, bottom = figure.subplots(2, 1, sharex=True, height_ratios=(3, 2))
+    figure.suptitle(title, fontsize=13)
+    top.plot(samples, accuracy, color=ACCURACY_COLOR, linewidth=1.6, label="accuracy")
+    bottom.plot(samples, loss, color=LOSS_COLOR, linewidth=1.6, label="log-loss")
+    top.set_ylabel("prequential accuracy")
+    bottom.set_ylabel("prequential log-loss")
+    bottom.set_xlabel("samples learned")
+    bottom.xaxis.set_major_formatter(FuncFormatter(_samples_label))
+    for axes in (top, bottom):
+        axes.grid(True, alpha=0.3)
+    if not points:
+        top.text(0.5, 0.5, "no history yet", transform=top.transAxes, ha="center", va="center")
+
+    drifts = _events(history, "drift")
+    rollbacks = _events(history, "rollback")
+    for axes in (top, bottom):
+        for i, event in enumerate(drifts):
+            axes.axvline(
+                event["samples"],
+                color=DRIFT_COLOR,
+                linestyle="--",
+                linewidth=1.4,
+                label="drift detected" if i == 0 and axes is top else None,
+            )
+        for i, event in enumerate(rollbacks):
+            axes.axvline(
+                event["samples"],
+                color=ROLLBACK_COLOR,
+                linewidth=1.6,
+                label="rollback" if i == 0 and axes is top else None,
+            )
+    for event in rollbacks:
+        version = event.get("to_version", event.get("version"))
+        if version is not None:
+            top.annotate(
+                f"to v{version}",
+                (event["samples"], 1.0),
+                xycoords=("data", "axes fraction"),
+                xytext=(3, -12),
+                textcoords="offset points",
+                color=ROLLBACK_COLOR,
+                fontsize=8,
+            )
+
+    checkpoints = _events(history, "checkpoint")
+    if checkpoints:
+        top.scatter(
+            [e["samples"] for e in checkpoints],
+            [0.02] * len(checkpoints),
+            transform=top.get_xaxis_transform(),
+            marker="^",
+            s=30,
+            color=CHECKPOINT_COLOR,
+            zorder=3,
+            label="checkpoint",
+            clip_on=False,
+        )
+        labelled = checkpoints[:: max(1, -(-len(checkpoints) // MAX_CHECKPOINT_LABELS))]
+        for event in labelled:
+            if "version" in event:
+                top.annotate(
+                    f"v{event['version']}",
+                    (event["samples"], 0.05),
+                    xycoords=("data", "axes fraction"),
+                    ha="center",
+                    fontsize=7,
+                    color=CHECKPOINT_COLOR,
+                )
+    if points:
+        top.legend(loc="best", fontsize=8, framealpha=0.9)
+        lowest = min(min(accuracy), 0.5)
+        top.set_ylim(max(0.0, lowest - 0.05), min(1.0, max(accuracy) + 0.05))
+        bottom.set_ylim(0.0, max(loss) * 1.08 if max(loss) > 0 else 1.0)
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        figure.savefig(tmp, format="png")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def report_from_checkpoints(
+    checkpoint_dir: Path | str, path: Path | str, title: str | None = None
+) -> Path:
+    """Draw the history held by the newest readable checkpoint in `checkpoint_dir`."""
+    checkpoint = CheckpointStore(checkpoint_dir).latest()
+    if checkpoint is None:
+        raise ReportError(f"no readable checkpoint in {checkpoint_dir}")
+    history = checkpoint.state.get("history") or {}
+    if title is None:
+        samples = int(checkpoint.state.get("samples_trained", 0))
+        title = f"streamfit model v{checkpoint.version}: {samples:,} samples learned"
+    return write_report(history, path, title)
