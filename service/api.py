@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 import time
 import uuid
@@ -237,7 +238,7 @@ def create_app(settings: Settings) -> FastAPI:
             raise HTTPException(422, "features must be finite (float32 range)")
         return x
 
-    def require_json(request: Request) -> None:
+    async def require_json(request: Request) -> None:
         content_type = request.headers.get("content-type", "")
         if content_type.split(";")[0].strip().lower() != "application/json":
             raise HTTPException(415, f"content-type must be application/json, got {content_type!r}")
@@ -246,11 +247,12 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.post(
         "/v1/models/{name}:predict",
-        response_model=PredictResponse,
         dependencies=json_only,
+        responses={200: {"model": PredictResponse}},
+        response_class=Response,
         tags=["predict"],
     )
-    async def predict_v1(name: str, body: PredictRequest) -> dict[str, Any]:
+    async def predict_v1(name: str, body: PredictRequest) -> Response:
         """One probability per instance, from the current model snapshot."""
         snapshot = snapshot_for(name)
         if len({len(row) for row in body.instances}) != 1:
@@ -262,7 +264,8 @@ def create_app(settings: Settings) -> FastAPI:
             rid = request_id.get() or ""
             runtime.pending.remember(rid, x)
             answer["request_id"] = rid
-        return answer
+        # Serialized directly: FastAPI's generic encoder costs more than the model here.
+        return Response(json.dumps(answer), media_type="application/json")
 
     @app.post("/v2/models/{name}/infer", dependencies=json_only, tags=["predict"])
     async def infer_v2(name: str, body: InferRequest) -> dict[str, Any]:
@@ -419,7 +422,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     # -- admin -------------------------------------------------------------------------------
 
-    def require_admin(request: Request) -> None:
+    async def require_admin(request: Request) -> None:
         if not settings.api_key:
             raise HTTPException(403, "admin routes are disabled: STREAMFIT_API_KEY is not set")
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
