@@ -62,6 +62,9 @@ class EmbeddedBroker:
             stdout=output,
             stderr=output,
             env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")},
+            # Its own session: a terminal's Ctrl-C reaches the service, which then shuts down
+            # against a live broker; the owner stops the broker afterwards.
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

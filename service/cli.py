@@ -169,6 +169,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
         stream = subprocess.Popen(
             [*base, "--synthetic", "--forever", "--seed", "2", "--rate", str(args.rate), "--quiet"],
             env=env,
+            start_new_session=True,  # stopped by us after the service, not by Ctrl-C
         )
         settings = _settings_from(
             args, kafka_bootstrap=bootstrap, train_topic=args.topic, log_format="text"
