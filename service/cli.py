@@ -75,6 +75,9 @@ def serve(settings: Settings) -> int:
     from service.logs import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
+    # The learner thread runs Python between TensorFlow kernels; a shorter GIL switch
+    # interval (default 5 ms) bounds how long the event loop waits for it.
+    sys.setswitchinterval(0.001)
     app = create_app(settings)
     config = uvicorn.Config(
         app,
