@@ -206,6 +206,10 @@ class Trainer:
             "group_id": s.group_id,
             "client_id": "streamfit-trainer",
             "enable_auto_commit": False,
+            # A dead member's partitions move after this long; Tansu also waits about half
+            # of it for members when a group forms.
+            "session_timeout_ms": s.session_timeout_ms,
+            "heartbeat_interval_ms": max(s.session_timeout_ms // 5, 100),
             "auto_offset_reset": "earliest",
             "max_poll_records": s.batch_size,
             "fetch_max_bytes": 64 * 1024 * 1024,

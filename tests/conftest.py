@@ -40,6 +40,7 @@ def service_factory(
             "STREAMFIT_GROUP_ID": f"g-{topic}",
             "STREAMFIT_CHECKPOINT_DIR": str(tmp_path / "checkpoints"),
             "STREAMFIT_CHECKPOINT_INTERVAL_S": "1",
+            "STREAMFIT_SESSION_TIMEOUT_MS": "6000",  # Kafka's minimum: faster group joins
         }
         env.update({f"STREAMFIT_{k.upper()}": str(v) for k, v in settings.items()})
         service = ServiceProcess(env, tmp_path / f"service-{len(started)}.log")

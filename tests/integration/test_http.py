@@ -28,6 +28,7 @@ def _trained_service(broker, topic, directory, **settings):
         "STREAMFIT_CHECKPOINT_INTERVAL_S": "1",
         "STREAMFIT_API_KEY": API_KEY,
         "STREAMFIT_MAX_REQUEST_BYTES": "1000000",
+        "STREAMFIT_SESSION_TIMEOUT_MS": "6000",
         **{f"STREAMFIT_{k.upper()}": str(v) for k, v in settings.items()},
     }
     service = ServiceProcess(env, directory / "service.log").start()
