@@ -76,6 +76,7 @@ class Learner:
         self.standardizer = RunningStandardizer(num_features)
         self.prequential = PrequentialWindow(window)
         self.history = LearningHistory()
+        self._weights_after_step: list[Any] | None = None
         self._activations = [
             layer.get_config()["activation"]
             for layer in self.model.layers
@@ -93,7 +94,7 @@ class Learner:
 
     def _test_then_train(
         self, x_before: tf.Tensor, x_after: tf.Tensor, y: tf.Tensor
-    ) -> tuple[tf.Tensor, tf.Tensor]:
+    ) -> tuple[tf.Tensor, tf.Tensor, list[tf.Tensor]]:
         probabilities = self.model(x_before, training=False)[:, 0]
         with tf.GradientTape() as tape:
             predicted = self.model(x_after, training=True)[:, 0]
@@ -104,14 +105,19 @@ class Learner:
         variables = self.model.trainable_variables
         gradients = tape.gradient(loss, variables)
         self.optimizer.apply_gradients(zip(gradients, variables, strict=True))
-        return probabilities, loss
+        # The updated weights, read in the same graph call (ordered after the update by
+        # automatic control dependencies): far cheaper than get_weights() afterwards.
+        weights = [tf.identity(w) for w in self.model.weights]
+        return probabilities, loss, weights
 
     def learn(self, x: np.ndarray, y: np.ndarray) -> BatchResult:
         """Score the batch with the current model (test), then train on it once (train)."""
         x_before = self.standardizer.transform(x)
         self.standardizer.update(x)
         x_after = self.standardizer.transform(x)
-        probabilities, loss = self._step(x_before, x_after, y.astype(np.float32))
+        probabilities, loss, self._weights_after_step = self._step(
+            x_before, x_after, y.astype(np.float32)
+        )
         probabilities = probabilities.numpy()
         self.prequential.add(probabilities, y)
         self.history.observe(self.samples_trained + int(y.shape[0]), self.prequential)
@@ -123,6 +129,12 @@ class Learner:
     def evaluate_probabilities(self, x: np.ndarray) -> np.ndarray:
         """Probabilities for raw features with the current model (no training)."""
         return np.asarray(self.model(self.standardizer.transform(x), training=False))[:, 0]
+
+    def weights(self) -> list[np.ndarray]:
+        """The model's weights as NumPy copies, in `model.get_weights()` order."""
+        if self._weights_after_step is not None:
+            return [tensor.numpy() for tensor in self._weights_after_step]
+        return [np.asarray(w) for w in self.model.get_weights()]
 
     def activations(self) -> list[str]:
         """Activation of each Dense layer, in order (what a NumPy forward pass needs)."""
@@ -156,6 +168,7 @@ class Learner:
                 f"the service is configured for {self.arch} with {self.num_features}"
             )
         self.model.set_weights(state["weights"])
+        self._weights_after_step = None
         variables = self.optimizer.variables
         if len(variables) != len(state["optimizer"]):
             raise ValueError("checkpoint optimizer state does not match the model")

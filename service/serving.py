@@ -113,7 +113,7 @@ def build_snapshot(
 def snapshot_from_learner(learner: Any, version: int) -> ModelSnapshot:
     """Freeze the learner's current model and standardizer (call on the training thread)."""
     return build_snapshot(
-        learner.model.get_weights(),
+        learner.weights(),
         learner.activations(),
         learner.standardizer.mean,
         learner.standardizer.std(),

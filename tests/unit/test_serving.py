@@ -133,6 +133,7 @@ def _learner_like(model: keras.Model) -> SimpleNamespace:
     ]
     return SimpleNamespace(
         model=model,
+        weights=model.get_weights,
         activations=lambda: activations,
         standardizer=RunningStandardizer(4),
         samples_trained=0,
