@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
@@ -34,6 +35,8 @@ from service.settings import Settings
 log = logging.getLogger(__name__)
 
 RECONNECT_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
+PIPELINE_DEPTH = 2  # decoded batches queued for the learner thread
+LAG_UPDATE_INTERVAL_S = 0.25
 
 
 @dataclass
@@ -94,7 +97,8 @@ class Trainer:
         self._last_publish = 0.0
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._inflight: _InFlight | None = None
+        self._inflight: deque[_InFlight] = deque()
+        self._lag_updated = 0.0
         self.drift = DriftDetector(threshold=settings.drift_threshold)
         self.drift_policy = DriftPolicy(settings.drift_policy)
         self._rollback_before: int | None = None
@@ -266,7 +270,7 @@ class Trainer:
             else:
                 consumer.resume(*consumer.assignment())
             # With a batch in flight, take only what is buffered: settling it must not wait.
-            wait_ms = 0 if self._inflight is not None else 200
+            wait_ms = 0 if self._inflight else 200
             batches = await consumer.getmany(timeout_ms=wait_ms, max_records=s.batch_size)
             self.kafka_connected = True
             metrics.KAFKA_CONNECTED.set(1)
@@ -280,7 +284,10 @@ class Trainer:
                 # Decoding here overlaps with the previous batch learning on the worker thread.
                 decoded, used = self._decode(batches)
                 async with self._batch_lock:
-                    await self._settle(consumer)
+                    # Up to PIPELINE_DEPTH batches queue for the worker thread, so it never
+                    # waits for the event loop between batches.
+                    while len(self._inflight) >= PIPELINE_DEPTH:
+                        await self._settle_oldest(consumer)
                     try:
                         if decoded.rejects:
                             await self._dead_letter(decoded.rejects)
@@ -288,11 +295,12 @@ class Trainer:
                         for tp, part in batches.items():
                             self._rewind(consumer, tp, part[0].offset)
                         raise
-                    self._inflight = _InFlight(self._submit(decoded), batches, used)
-            elif self._inflight is not None:
+                    self._inflight.append(_InFlight(self._submit(decoded), batches, used))
+            elif self._inflight:
                 async with self._batch_lock:
                     await self._settle(consumer)
-            self._update_lag(consumer)
+            if time.monotonic() - self._lag_updated >= LAG_UPDATE_INTERVAL_S:
+                self._update_lag(consumer)
             if self._rollback_before is not None:
                 await self._rollback_after_drift()
             if self._learned_since_checkpoint and (
@@ -334,10 +342,13 @@ class Trainer:
         return asyncio.get_running_loop().run_in_executor(self._train_thread, self._learn, decoded)
 
     async def _settle(self, consumer: AIOKafkaConsumer | None) -> None:
-        """Wait for the batch in flight; once learned, its offsets advance. Hold _batch_lock."""
-        inflight, self._inflight = self._inflight, None
-        if inflight is None:
-            return
+        """Wait for every batch in flight, in order. Hold _batch_lock."""
+        while self._inflight:
+            await self._settle_oldest(consumer)
+
+    async def _settle_oldest(self, consumer: AIOKafkaConsumer | None) -> None:
+        """Wait for the oldest batch in flight; once learned, its offsets advance."""
+        inflight = self._inflight.popleft()
         try:
             await inflight.future
         except BaseException:
@@ -597,6 +608,7 @@ class Trainer:
     # -- what the API reads ----------------------------------------------------------------
 
     def _update_lag(self, consumer: AIOKafkaConsumer) -> None:
+        self._lag_updated = time.monotonic()
         now = time.time()
         for tp in consumer.assignment():
             highwater = consumer.highwater(tp)
