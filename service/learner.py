@@ -27,6 +27,20 @@ from service.online_stats import (  # noqa: E402
 )
 
 
+def use_threads(threads: int) -> None:
+    """TensorFlow's CPU thread pools, set before its runtime starts (later calls are no-ops).
+
+    One thread is fastest for this small model (measured: 39.9k against 29.2k records/s with
+    TensorFlow's default pools on 2 cores) and leaves the other core to the event loop, which
+    fetches, decodes and serves HTTP while the worker thread learns.
+    """
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:  # the runtime is already running: keep its pools
+        pass
+
+
 def build_model(num_features: int, arch: str = "mlp") -> keras.Model:
     """The tutorial's MLP (or a logistic regression, for comparison), ending in a sigmoid."""
     layers: list[keras.layers.Layer]
@@ -66,7 +80,9 @@ class Learner:
         learning_rate: float = 1e-3,
         seed: int = 0,
         window: int = 10_000,
+        threads: int = 1,
     ) -> None:
+        use_threads(threads)
         keras.utils.set_random_seed(seed)
         self.num_features = num_features
         self.arch = arch

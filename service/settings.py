@@ -40,6 +40,7 @@ class Settings(BaseSettings):
     model_arch: Literal["mlp", "linear"] = "mlp"
     learning_rate: float = Field(1e-3, gt=0)
     seed: int = 0
+    tf_threads: int = Field(1, ge=1, le=256)
     http_host: str = "127.0.0.1"
     http_port: int = Field(8000, ge=0, le=65535)
     max_request_bytes: int = Field(4_000_000, ge=1024)

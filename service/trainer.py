@@ -127,7 +127,9 @@ class Trainer:
         from service.learner import Learner  # TensorFlow loads here, off the event loop
 
         s = self.settings
-        self.learner = Learner(s.num_features, s.model_arch, s.learning_rate, s.seed)
+        self.learner = Learner(
+            s.num_features, s.model_arch, s.learning_rate, s.seed, threads=s.tf_threads
+        )
         checkpoint = self.store.latest()
         if checkpoint is not None:
             self.learner.restore(checkpoint.state)
