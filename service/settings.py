@@ -24,6 +24,7 @@ class Settings(BaseSettings):
     )
     group_id: str = Field("streamfit", min_length=1)
     session_timeout_ms: int = Field(10_000, ge=1000, le=3_600_000)
+    group_instance_id: str | None = Field(None, min_length=1, max_length=249)
     batch_size: int = Field(256, ge=1, le=65536)
     stream_timeout_ms: int = Field(-1, ge=-1)
     num_features: int = Field(18, ge=1, le=100_000)

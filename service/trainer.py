@@ -95,6 +95,7 @@ class Trainer:
         self._last_checkpoint = time.monotonic()
         self._last_record = time.monotonic()
         self._last_publish = 0.0
+        self._unpublished = False
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._inflight: deque[_InFlight] = deque()
@@ -215,6 +216,9 @@ class Trainer:
             # A dead member's partitions move after this long; Tansu also waits about half
             # of it for members when a group forms.
             "session_timeout_ms": s.session_timeout_ms,
+            # Static membership (KIP-345): a restarted pod with the same id takes its
+            # partitions back without waiting for its old session to expire.
+            "group_instance_id": s.group_instance_id,
             "heartbeat_interval_ms": max(s.session_timeout_ms // 5, 100),
             "auto_offset_reset": "earliest",
             "max_poll_records": s.batch_size,
@@ -301,6 +305,9 @@ class Trainer:
             elif self._inflight:
                 async with self._batch_lock:
                     await self._settle(consumer)
+            elif self._unpublished:
+                self._unpublished = False
+                await self._in_learner_thread(self._publish_from_thread)
             if time.monotonic() - self._lag_updated >= LAG_UPDATE_INTERVAL_S:
                 self._update_lag(consumer)
             if self._rollback_before is not None:
@@ -381,6 +388,9 @@ class Trainer:
         if now - self._last_publish >= self.settings.snapshot_interval_s:
             self._publish_from_thread()
             self._last_publish = now
+            self._unpublished = False
+        else:
+            self._unpublished = True  # published when the stream pauses (see _loop)
         metrics.TRAIN_BATCH_DURATION.observe(time.perf_counter() - started)
         metrics.SAMPLES_TRAINED.inc(result.samples)
         metrics.BATCHES_TRAINED.inc()
