@@ -46,7 +46,7 @@ class Settings(BaseSettings):
     http_port: int = Field(8000, ge=0, le=65535)
     max_request_bytes: int = Field(4_000_000, ge=1024)
     role: Literal["all", "trainer", "predictor"] = "all"
-    api_key: str | None = None
+    api_key: str | None = Field(None, repr=False)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_format: Literal["json", "text"] = "json"
     predictor_reload_s: float = Field(2.0, gt=0)

@@ -97,6 +97,7 @@ class Trainer:
         self._last_publish = 0.0
         self._unpublished = False
         self._stopping = asyncio.Event()
+        self._uncommitted: dict[TopicPartition, int] | None = None
         self._task: asyncio.Task[None] | None = None
         self._inflight: deque[_InFlight] = deque()
         self._lag_updated = 0.0
@@ -247,7 +248,11 @@ class Trainer:
             self.state = "paused" if self.paused else "running"
             self._last_record = time.monotonic()
             log.info("consuming", extra={"topic": s.train_topic, "group_id": s.group_id})
-            await self._loop(consumer)
+            probe = asyncio.create_task(self._probe_kafka(consumer))
+            try:
+                await self._loop(consumer)
+            finally:
+                probe.cancel()
         finally:
             self._consumer = None
             if (
@@ -268,6 +273,25 @@ class Trainer:
                 except (KafkaError, RuntimeError) as exc:  # e.g. no create permission
                     log.warning("cannot create topic", extra={"topic": name, "error": str(exc)})
 
+    async def _probe_kafka(self, consumer: AIOKafkaConsumer) -> None:
+        """Ask Kafka for metadata every second: a cut or a hung broker shows within seconds."""
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                await asyncio.wait_for(consumer.topics(), timeout=3.0)
+            except (KafkaError, OSError, TimeoutError) as exc:
+                if not isinstance(exc, TimeoutError) or str(exc):
+                    self._set_disconnected(exc)
+                else:
+                    self._set_disconnected(TimeoutError("no metadata from Kafka within 3 s"))
+            else:
+                if not self.kafka_connected:
+                    log.info("kafka reachable again")
+                    if self.last_error and not self.last_error.startswith("checkpoint"):
+                        self.last_error = None
+                self.kafka_connected = True
+                metrics.KAFKA_CONNECTED.set(1)
+
     async def _loop(self, consumer: AIOKafkaConsumer) -> None:
         s = self.settings
         while not self._stopping.is_set():
@@ -278,8 +302,11 @@ class Trainer:
             # With a batch in flight, take only what is buffered: settling it must not wait.
             wait_ms = 0 if self._inflight else 200
             batches = await consumer.getmany(timeout_ms=wait_ms, max_records=s.batch_size)
-            self.kafka_connected = True
-            metrics.KAFKA_CONNECTED.set(1)
+            if self._uncommitted is not None and (
+                time.monotonic() - self._last_checkpoint >= s.checkpoint_interval_s
+            ):
+                self._last_checkpoint = time.monotonic()
+                await self._commit(consumer, self._uncommitted)
             if self.paused and batches:
                 # Paused while the fetch was in flight: put the records back.
                 for tp, part in batches.items():
@@ -442,10 +469,18 @@ class Trainer:
                 ("source.partition", str(record.partition).encode()),
                 ("source.offset", str(record.offset).encode()),
             ]
+            value = record.value
+            if value is not None and len(value) > 512 * 1024:
+                headers.append(("original.bytes", str(len(value)).encode()))
+                value = value[: 512 * 1024]
+            if record.key is None and value is None:
+                batch = self._producer.create_batch()
+                batch.append(key=None, value=None, timestamp=None, headers=headers)
+                batch.close()
+                futures.append(await self._producer.send_batch(batch, topic, partition=0))
+                continue
             futures.append(
-                await self._producer.send(
-                    topic, value=record.value, key=record.key, headers=headers
-                )
+                await self._producer.send(topic, value=value, key=record.key, headers=headers)
             )
         try:
             await asyncio.gather(*futures)
@@ -493,6 +528,8 @@ class Trainer:
                 return None
             metrics.CHECKPOINT_DURATION.observe(time.perf_counter() - started)
             self._rolled_back_to = None
+            if self.last_error and self.last_error.startswith("checkpoint failed"):
+                self.last_error = None
             metrics.CHECKPOINT_TIMESTAMP.set(checkpoint.created_at)
             self.version = version
             self.checkpoint_meta = checkpoint.metadata()
@@ -559,9 +596,11 @@ class Trainer:
         try:
             await asyncio.wait_for(consumer.commit(to_commit), timeout=10)
         except (KafkaError, TimeoutError) as exc:
-            # The checkpoint stays the truth; the next commit covers these offsets.
+            # The checkpoint stays the truth; retried from the loop until it goes through.
             log.warning("offset commit failed", extra={"error": str(exc)})
+            self._uncommitted = dict(offsets)
             return
+        self._uncommitted = None
         for tp, meta in to_commit.items():
             self.committed[tp] = meta.offset
 
@@ -585,6 +624,13 @@ class Trainer:
             if committed is not None:
                 self.committed[tp] = committed
             learned = self.offsets.get(tp)
+            key = offset_key(tp.topic, tp.partition)
+            own = {e.get("offsets", {}).get(key) for e in self.store.manifest()["checkpoints"]}
+            if committed is not None and committed > (learned or 0) and committed in own:
+                # Our own newer checkpoint committed it, and that one is lost: relearn.
+                committed = None
+                if learned is None:
+                    consumer.seek_to_beginning(tp)
             start = (
                 max(o for o in (learned, committed) if o is not None)
                 if (learned is not None or committed is not None)
