@@ -314,6 +314,9 @@ class Trainer:
                 batches = {}
             if any(batches.values()):
                 self._last_record = time.monotonic()
+                if not self.kafka_connected:  # records arriving: Kafka answers again
+                    self.kafka_connected = True
+                    metrics.KAFKA_CONNECTED.set(1)
                 # Decoding here overlaps with the previous batch learning on the worker thread.
                 decoded, used = self._decode(batches)
                 async with self._batch_lock:
