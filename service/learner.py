@@ -61,6 +61,13 @@ def build_model(num_features: int, arch: str = "mlp") -> keras.Model:
     return keras.Sequential([keras.Input((num_features,)), *layers], name=f"streamfit_{arch}")
 
 
+def _scale(count: tf.Tensor, m2: tf.Tensor) -> tf.Tensor:
+    """RunningStandardizer.std() in the graph: ones until two samples, no zero divisors."""
+    std = tf.sqrt(tf.math.divide_no_nan(m2, count))
+    std = tf.where(std > 1e-12, std, tf.ones_like(std))
+    return tf.where(count < 2, tf.ones_like(std), std)
+
+
 @dataclass(frozen=True)
 class BatchResult:
     """What one `learn` call did: prequential probabilities and the training loss."""
@@ -68,6 +75,7 @@ class BatchResult:
     probabilities: np.ndarray
     loss: float
     samples: int
+    prequential_loss: float  # mean log-loss of the test (before training) probabilities
 
 
 class Learner:
@@ -102,15 +110,36 @@ class Learner:
         self.batches_trained = 0
         self.last_loss: float | None = None
         spec = [
-            tf.TensorSpec([None, num_features], tf.float32),
-            tf.TensorSpec([None, num_features], tf.float32),
-            tf.TensorSpec([None], tf.float32),
+            tf.TensorSpec([None, num_features], tf.float32),  # raw features
+            tf.TensorSpec([None], tf.float32),  # labels
+            tf.TensorSpec([], tf.float64),  # standardizer: count
+            tf.TensorSpec([num_features], tf.float64),  # mean
+            tf.TensorSpec([num_features], tf.float64),  # m2
         ]
         self._step = tf.function(self._test_then_train, input_signature=spec)
 
     def _test_then_train(
-        self, x_before: tf.Tensor, x_after: tf.Tensor, y: tf.Tensor
-    ) -> tuple[tf.Tensor, tf.Tensor, list[tf.Tensor]]:
+        self, x: tf.Tensor, y: tf.Tensor, count: tf.Tensor, mean: tf.Tensor, m2: tf.Tensor
+    ) -> tuple[tf.Tensor, ...]:
+        """Standardize, score, update the standardizer, standardize again, train: one call.
+
+        The standardizer's statistics go in and come out as tensors (the Python
+        `RunningStandardizer` stays the owner), so a whole batch is a single hand-off to
+        TensorFlow: the worker thread takes the GIL back once per batch, not once per NumPy
+        operation, which matters while the event loop holds it decoding the next batch.
+        """
+        x64 = tf.cast(x, tf.float64)
+        n = tf.cast(tf.shape(x64)[0], tf.float64)
+        x_before = tf.cast((x64 - mean) / _scale(count, m2), tf.float32)
+        # Chan et al. parallel update, as RunningStandardizer.update does it.
+        batch_mean = tf.math.divide_no_nan(tf.reduce_sum(x64, axis=0), n)
+        batch_m2 = tf.reduce_sum(tf.square(x64 - batch_mean), axis=0)
+        total = count + n
+        delta = batch_mean - mean
+        mean = mean + delta * tf.math.divide_no_nan(n, total)
+        m2 = m2 + batch_m2 + tf.square(delta) * tf.math.divide_no_nan(count * n, total)
+        x_after = tf.cast((x64 - mean) / _scale(total, m2), tf.float32)
+
         probabilities = self.model(x_before, training=False)[:, 0]
         with tf.GradientTape() as tape:
             predicted = self.model(x_after, training=True)[:, 0]
@@ -124,23 +153,32 @@ class Learner:
         # The updated weights, read in the same graph call (ordered after the update by
         # automatic control dependencies): far cheaper than get_weights() afterwards.
         weights = [tf.identity(w) for w in self.model.weights]
-        return probabilities, loss, weights
+        # The prequential sums (PrequentialWindow.add's arithmetic), here rather than in NumPy.
+        p = tf.clip_by_value(tf.cast(probabilities, tf.float64), EPSILON, 1 - EPSILON)
+        y64 = tf.cast(y, tf.float64)
+        correct = tf.reduce_sum(tf.cast(tf.equal(p >= 0.5, y64 >= 0.5), tf.float64))
+        log_loss = -tf.reduce_sum(y64 * tf.math.log(p) + (1 - y64) * tf.math.log(1 - p))
+        return probabilities, loss, weights, total, mean, m2, correct, log_loss
 
     def learn(self, x: np.ndarray, y: np.ndarray) -> BatchResult:
         """Score the batch with the current model (test), then train on it once (train)."""
-        x_before = self.standardizer.transform(x)
-        self.standardizer.update(x)
-        x_after = self.standardizer.transform(x)
-        probabilities, loss, self._weights_after_step = self._step(
-            x_before, x_after, y.astype(np.float32)
+        s = self.standardizer
+        n = int(y.shape[0])
+        outputs = self._step(
+            x.astype(np.float32, copy=False),
+            y.astype(np.float32, copy=False),
+            s.count,
+            s.mean,
+            s.m2,
         )
-        probabilities = probabilities.numpy()
-        self.prequential.add(probabilities, y)
-        self.history.observe(self.samples_trained + int(y.shape[0]), self.prequential)
-        self.samples_trained += int(y.shape[0])
+        probabilities, loss, self._weights_after_step, count, mean, m2, correct, log_loss = outputs
+        s.count, s.mean, s.m2 = int(count), mean.numpy(), m2.numpy()
+        self.prequential.add_totals(n, float(correct), float(log_loss))
+        self.history.observe(self.samples_trained + n, self.prequential)
+        self.samples_trained += n
         self.batches_trained += 1
         self.last_loss = float(loss)
-        return BatchResult(probabilities, self.last_loss, int(y.shape[0]))
+        return BatchResult(probabilities.numpy(), self.last_loss, n, float(log_loss) / max(n, 1))
 
     def evaluate_probabilities(self, x: np.ndarray) -> np.ndarray:
         """Probabilities for raw features with the current model (no training)."""

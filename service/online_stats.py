@@ -80,6 +80,12 @@ class PrequentialWindow:
         p = np.clip(probabilities.astype(np.float64), EPSILON, 1 - EPSILON)
         correct = float(((p >= 0.5) == (labels >= 0.5)).sum())
         loss = float(-(labels * np.log(p) + (1 - labels) * np.log(1 - p)).sum())
+        self.add_totals(n, correct, loss)
+
+    def add_totals(self, n: int, correct: float, loss: float) -> None:
+        """Add a batch by its size, number correct and summed log-loss (as `add` computes)."""
+        if n == 0:
+            return
         self._batches.append((n, correct, loss))
         self._count += n
         self._correct += correct

@@ -50,7 +50,7 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_format: Literal["json", "text"] = "json"
     predictor_reload_s: float = Field(2.0, gt=0)
-    snapshot_interval_s: float = Field(0.0, ge=0)
+    snapshot_interval_s: float = Field(0.05, ge=0)
     drift_policy: Literal["none", "alert", "reset_optimizer", "rollback"] = "alert"
     drift_threshold: float = Field(10.0, gt=0)
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"

@@ -56,6 +56,7 @@ def test_lag_health_and_seconds_in_lag_route(broker, topic, service_factory):
     produce_synthetic(broker.bootstrap, topic, rows=2000, partitions=2)
     service = service_factory().start()
     service.wait_trained(2000)
+
     def caught_up():
         v = service.get("/lag")
         rows = v["partitions"]

@@ -22,7 +22,9 @@ def test_labels_join_served_predictions_and_train(broker, topic, service_factory
         headers={"x-request-id": "req-42"},
     )
     assert status == 200 and body["request_id"] == "req-42"
-    status, single = service.request("POST", "/v1/models/susy:predict", {"instances": [x[0].tolist()]})
+    status, single = service.request(
+        "POST", "/v1/models/susy:predict", {"instances": [x[0].tolist()]}
+    )
     generated = single["request_id"]
     assert generated
 

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from service.checkpoints import Checkpoint, CheckpointStore
+from service.drift import log_losses
 from service.learner import Learner
+from service.online_stats import PrequentialWindow, RunningStandardizer
 from service.synthetic import synthetic_susy
 
 BATCH = 128
@@ -32,6 +34,32 @@ def copy_dropout_rng(source: Learner, target: Learner) -> None:
         source.model.non_trainable_variables, target.model.non_trainable_variables, strict=True
     ):
         ours.assign(theirs.numpy())
+
+
+def test_the_compiled_step_standardizes_as_the_numpy_standardizer_does() -> None:
+    """The running statistics move inside the TensorFlow step; they must match the reference."""
+    learner = Learner(18, "linear")
+    reference = RunningStandardizer(18)
+    rng = np.random.default_rng(3)
+    for size in (1, 2, 37, 128, 5):  # a first batch of one sample: std stays 1 until two
+        x = (rng.normal(size=(size, 18)) * 1000 + 50).astype(np.float32)
+        reference.update(x)
+        learner.learn(x, (rng.random(size) < 0.5).astype(np.float32))
+        assert learner.standardizer.count == reference.count
+        np.testing.assert_allclose(learner.standardizer.mean, reference.mean, rtol=1e-12)
+        np.testing.assert_allclose(learner.standardizer.m2, reference.m2, rtol=1e-9)
+    assert learner.samples_trained == reference.count
+
+
+def test_the_compiled_step_counts_prequential_metrics_as_the_window_does() -> None:
+    learner = Learner(18, "mlp")
+    reference = PrequentialWindow(learner.prequential.window)
+    for x, y in batches(5, seed=4):
+        result = learner.learn(x, y)
+        reference.add(result.probabilities, y)
+        assert learner.prequential.accuracy == pytest.approx(reference.accuracy, abs=1e-12)
+        assert learner.prequential.loss == pytest.approx(reference.loss, rel=1e-6)
+    assert result.prequential_loss == pytest.approx(log_losses(result.probabilities, y).mean())
 
 
 def test_learn_scores_with_the_model_and_standardizer_from_before_the_update() -> None:
