@@ -10,9 +10,10 @@ over the snapshot's Dense layers (Dropout is the identity at inference): no per-
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -142,9 +143,21 @@ class SnapshotHolder:
 
     def __init__(self) -> None:
         self._snapshot: ModelSnapshot | None = None
+        self._lock = threading.Lock()
 
     def publish(self, snapshot: ModelSnapshot) -> None:
-        self._snapshot = snapshot
+        """Serve `snapshot` from now on. The served version never goes back.
+
+        The learner thread publishes with the version it read, and a checkpoint publishes its
+        new version from the event loop; when the learner's snapshot lands second it carries
+        weights newer than that checkpoint (the learner thread took the checkpoint's state
+        before building it), so it is served under the checkpoint's version.
+        """
+        with self._lock:
+            current = self._snapshot
+            if current is not None and snapshot.version < current.version:
+                snapshot = replace(snapshot, version=current.version)
+            self._snapshot = snapshot
 
     @property
     def current(self) -> ModelSnapshot | None:

@@ -190,6 +190,17 @@ def test_snapshot_holder_swaps_whole_snapshots(mlp: Learner) -> None:
     assert holder.current is second
 
 
+def test_the_served_version_never_goes_back(mlp: Learner) -> None:
+    """A learner-thread snapshot built with the old version, landing after a checkpoint's."""
+    holder = SnapshotHolder()
+    holder.publish(snapshot_from_learner(mlp, version=4))
+    late = snapshot_from_learner(mlp, version=3)
+    holder.publish(late)
+    current = holder.current
+    assert current is not None and current.version == 4
+    assert current.layers is late.layers  # the newer weights are served
+
+
 def test_snapshot_matches_keras_for_large_offset_features() -> None:
     rng = np.random.default_rng(6)
     learner = Learner(18, "linear", seed=2)
