@@ -91,6 +91,7 @@ class Trainer:
         self._producer: AIOKafkaProducer | None = None
         self._train_thread = ThreadPoolExecutor(1, thread_name_prefix="streamfit-learn")
         self._io_thread = ThreadPoolExecutor(1, thread_name_prefix="streamfit-checkpoint")
+        self._decode_thread = ThreadPoolExecutor(1, thread_name_prefix="streamfit-decode")
         self._batch_lock = asyncio.Lock()
         self._checkpoint_lock = asyncio.Lock()
         self._learned_since_checkpoint = False
@@ -125,6 +126,7 @@ class Trainer:
             await self._task
         self._train_thread.shutdown(wait=True)
         self._io_thread.shutdown(wait=True)
+        self._decode_thread.shutdown(wait=True)
 
     async def _in_learner_thread(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._train_thread, fn, *args)
@@ -328,18 +330,19 @@ class Trainer:
             ):
                 self._last_checkpoint = time.monotonic()
                 await self._commit(consumer, self._uncommitted)
-            if self.paused and batches:
-                # Paused while the fetch was in flight: put the records back.
-                for tp, part in batches.items():
-                    self._rewind(consumer, tp, part[0].offset)
+            if self.paused and batches:  # paused while the fetch was in flight
+                self._put_back(consumer, batches)
                 batches = {}
             if any(batches.values()):
                 self._last_record = time.monotonic()
                 if not self.kafka_connected:  # records arriving: Kafka answers again
                     self.kafka_connected = True
                     metrics.KAFKA_CONNECTED.set(1)
-                # Decoding here overlaps with the previous batch learning on the worker thread.
-                decoded, used = self._decode(batches)
+                # Decoding overlaps with the previous batch learning on the worker thread.
+                decoded, used = await self._decode(batches)
+                if self.paused:  # paused while decoding
+                    self._put_back(consumer, batches)
+                    continue
                 async with self._batch_lock:
                     # Up to PIPELINE_DEPTH batches queue for the worker thread, so it never
                     # waits for the event loop between batches.
@@ -381,11 +384,19 @@ class Trainer:
                 return
         await self.checkpoint(consumer)
 
-    def _decode(self, batches: dict[TopicPartition, list[Any]]) -> tuple[DecodedBatch, list[str]]:
-        """Decode train records, and join label records with pending predictions."""
+    async def _decode(
+        self, batches: dict[TopicPartition, list[Any]]
+    ) -> tuple[DecodedBatch, list[str]]:
+        """Decode train records, and join label records with pending predictions.
+
+        The codec runs on its own thread: its parse releases the GIL, so it overlaps with
+        HTTP on the event loop as well as with the learner. The join stays on the loop (the
+        pending predictions are the HTTP handlers' too)."""
         labels_topic = self.settings.labels_topic
         records = [r for tp, part in batches.items() if tp.topic != labels_topic for r in part]
-        decoded = self.codec.decode(records)
+        decoded = await asyncio.get_running_loop().run_in_executor(
+            self._decode_thread, self.codec.decode, records
+        )
         used: list[str] = []
         if labels_topic and self.pending is not None:
             label_records = [
@@ -425,6 +436,17 @@ class Trainer:
         self._learned_since_checkpoint = True
         if inflight.used and self.pending is not None:
             self.pending.forget(inflight.used)
+
+    def _put_back(
+        self, consumer: AIOKafkaConsumer, batches: dict[TopicPartition, list[Any]]
+    ) -> None:
+        """Un-fetch records not handed to the learner: seek to their first offsets (not to the
+        learned position, which batches still in flight are ahead of)."""
+        for tp, part in batches.items():
+            try:
+                consumer.seek(tp, part[0].offset)
+            except Exception:  # the consumer may be closing; a restart seeks from the checkpoint
+                log.debug("put back failed", exc_info=True)
 
     def _rewind(self, consumer: AIOKafkaConsumer, tp: TopicPartition, first: int) -> None:
         """Seek back to the next offset not yet learned (`first` of the batch if unknown)."""
