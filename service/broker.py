@@ -44,18 +44,22 @@ class EmbeddedBroker:
     def bootstrap(self) -> str:
         return f"{self.host}:{self.port}"
 
+    @property
+    def advertised(self) -> str:
+        """The address metadata tells clients to use: the broker's own."""
+        return self.bootstrap
+
     def start(self, timeout_s: float = 20.0, quiet: bool = True) -> None:
         """Start the broker and wait until it accepts connections."""
-        url = f"tcp://{self.host}:{self.port}"
         output = subprocess.DEVNULL if quiet else None
         self._process = subprocess.Popen(
             [
                 broker_binary(),
                 "broker",
                 "--listener-url",
-                url,
+                f"tcp://{self.bootstrap}",
                 "--advertised-listener-url",
-                url,
+                f"tcp://{self.advertised}",
                 "--storage-engine",
                 "memory://tansu/",
             ],

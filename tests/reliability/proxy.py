@@ -19,18 +19,14 @@ proxy only sits in the path if the broker advertises the proxy's port (`ProxiedB
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
 import struct
-import subprocess
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from types import TracebackType
 from typing import Any
 
-from service.broker import EmbeddedBroker, broker_binary, free_port
+from service.broker import EmbeddedBroker, free_port
 
 ClientFilter = Callable[[str | None], bool]
 
@@ -273,33 +269,7 @@ class ProxiedBroker(EmbeddedBroker):
 
     def start(self, timeout_s: float = 20.0, quiet: bool = True) -> None:
         self.proxy.start()
-        output = subprocess.DEVNULL if quiet else None
-        self._process = subprocess.Popen(
-            [
-                broker_binary(),
-                "broker",
-                "--listener-url",
-                f"tcp://{self.host}:{self.port}",
-                "--advertised-listener-url",
-                f"tcp://{self.proxy.address}",
-                "--storage-engine",
-                "memory://tansu/",
-            ],
-            stdout=output,
-            stderr=output,
-            env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")},
-        )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                raise RuntimeError(f"broker exited with code {self._process.returncode}")
-            try:
-                with socket.create_connection((self.host, self.port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise TimeoutError(f"broker did not listen on {self.bootstrap} within {timeout_s}s")
+        super().start(timeout_s, quiet)
 
     def stop(self, timeout_s: float = 10.0) -> None:
         if self._process is not None and self._process.poll() is None:
