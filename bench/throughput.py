@@ -51,7 +51,7 @@ def _arrays(records: list[SimpleNamespace]) -> tuple[np.ndarray, np.ndarray]:
 
 def in_memory_rate(x: np.ndarray, y: np.ndarray, batch_size: int) -> tuple[float, dict[str, Any]]:
     """records/s of Learner.learn over the arrays in batches (first, tracing call excluded)."""
-    from service.learner import Learner
+    from service.training.learner import Learner
 
     learner = Learner(x.shape[1])
     learner.learn(x[:batch_size], y[:batch_size])
@@ -67,8 +67,8 @@ def in_memory_rate(x: np.ndarray, y: np.ndarray, batch_size: int) -> tuple[float
 
 def components(records: list[SimpleNamespace], batch_size: int, batches: int) -> dict[str, Any]:
     """Milliseconds per batch of each step of the service's per-batch work, in this process."""
-    from service.learner import Learner
-    from service.serving import snapshot_from_learner
+    from service.serving.snapshot import snapshot_from_learner
+    from service.training.learner import Learner
 
     codec = Codec(18)
     chunks = [records[i : i + batch_size] for i in range(0, batches * batch_size, batch_size)]

@@ -142,7 +142,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
 
 
 def cmd_lag(args: argparse.Namespace) -> int:
-    from service.lag import format_table, group_lag
+    from service.kafka.lag import format_table, group_lag
 
     settings = _settings_from(args)
     rows = asyncio.run(
@@ -277,8 +277,8 @@ BATCH_SETTINGS = (
 
 def cmd_fit(args: argparse.Namespace) -> int:
     """`streamfit fit`: replay a topic for epochs into the model, checkpoint at its end."""
-    from service.fitting import FitError, fit, format_fit_report
     from service.logs import configure_logging
+    from service.training.fitting import FitError, fit, format_fit_report
 
     settings = _settings_from(args, batch_size=args.batch_size)
     configure_logging(settings.log_level, settings.log_format)

@@ -44,8 +44,6 @@ from typing import Any
 
 import numpy as np
 
-from service.online_stats import EPSILON
-
 STATE_FORMAT = 1
 # For Gaussian noise of deviation s, |x_t - x_{t-1}| has median 0.6745 * sqrt(2) * s.
 _MEDIAN_ABS_DIFF_PER_SIGMA = 0.6745 * np.sqrt(2.0)
@@ -58,13 +56,6 @@ class DriftPolicy(enum.StrEnum):
     ALERT = "alert"  # record the event, count it in metrics, log a warning
     RESET_OPTIMIZER = "reset_optimizer"  # alert, and zero the optimizer's moments
     ROLLBACK = "rollback"  # alert, and go back to the newest checkpoint before the onset
-
-
-def log_losses(probabilities: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Per-sample log-loss of predicted probabilities, clipped as the prequential window does."""
-    p = np.clip(np.asarray(probabilities, dtype=np.float64), EPSILON, 1 - EPSILON)
-    y = np.asarray(labels, dtype=np.float64)
-    return -(y * np.log(p) + (1 - y) * np.log(1 - p))
 
 
 class DriftDetector:
@@ -130,10 +121,10 @@ class DriftDetector:
     ) -> bool:
         """Add a mini-batch's prequential losses; True if it completes a block that alarms.
 
-        `losses` is per-sample losses (see `log_losses`) or one mean loss; a mean covers
-        `count` samples (default: a whole block). `samples` is the stream position after this
-        batch (e.g. the learner's samples_trained), which positions `last_drift`; by default
-        the detector counts the samples it is given.
+        `losses` is per-sample losses (`service.online_stats.log_losses`) or one mean loss; a
+        mean covers `count` samples (default: a whole block). `samples` is the stream position
+        after this batch (e.g. the learner's samples_trained), which positions `last_drift`; by
+        default the detector counts the samples it is given.
         """
         if np.ndim(losses) == 0:
             n = self.block_size if count is None else int(count)

@@ -14,6 +14,9 @@ Burrow's order:
 5. WARN if the offset moves but the lag never decreases from one point to the next.
 6. OK otherwise.
 
+Besides Burrow's rules: a partition whose position was reset to the log start because the log
+was replaced or expired (`rewound`) is REWIND until its lag first reaches 0.
+
 Differences from Burrow, because the trainer reports its position every poll rather than
 every minute: a point enters the window at most every `interval_s` (and at once when the
 offset goes backwards); STALL and WARN need `min_points` points (Burrow also judges a
@@ -93,6 +96,9 @@ class _Partition:
     log_end_marks: list[tuple[int, float, float | None]] = field(default_factory=list)
     # (offset, produce time in s) of the last record learned.
     last_record: tuple[int, float] | None = None
+    # The position was reset to the log start (log replaced or expired): REWIND until the
+    # partition's lag first reaches 0.
+    rewound: bool = False
 
 
 class LagHealth:
@@ -118,6 +124,14 @@ class LagHealth:
 
     def partitions(self) -> list[Hashable]:
         return list(self._partitions)
+
+    def rewound(self, partition: Hashable) -> None:
+        """The consumer's position was moved back because the log was replaced or expired:
+        REWIND until the lag first reaches 0, whatever the window says."""
+        state = self._partitions.get(partition)
+        if state is None:
+            state = self._partitions[partition] = _Partition(deque(maxlen=self.window))
+        state.rewound = True
 
     def forget(self, partition: Hashable) -> None:
         """Drop a partition's history (e.g. when it is revoked from this consumer)."""
@@ -151,6 +165,8 @@ class LagHealth:
             state.window.append(point)
         self._mark_log_end(state, point, latest.time if latest is not None else None)
         state.latest = point
+        if point.lag == 0:
+            state.rewound = False
         if last_record_timestamp_ms is not None and last_record_timestamp_ms >= 0:
             state.last_record = (point.offset - 1, last_record_timestamp_ms / 1000.0)
 
@@ -179,15 +195,24 @@ class LagHealth:
         now = time.time() if now is None else now
         state = self._partitions[partition]
         observed = state.latest
-        assert observed is not None  # set by the observe() that created the partition
+        if observed is None:  # marked rewound, not observed yet
+            return {
+                "status": LagStatus.REWIND.value,
+                "lag": None,
+                "lag_seconds": None,
+                "position": None,
+                "log_end_offset": log_end,
+                "observed_at": None,
+            }
         latest = observed
         if log_end is not None and log_end > latest.log_end:
             latest = LagPoint(latest.time, latest.offset, int(log_end))
         points = list(state.window)
         if points[-1] is not observed:
             points.append(observed)
+        status = LagStatus.REWIND if state.rewound else self._status(points, latest.lag, now)
         return {
-            "status": self._status(points, latest.lag, now).value,
+            "status": status.value,
             "lag": latest.lag,
             "lag_seconds": self._lag_seconds(state, latest, now),
             "position": latest.offset,

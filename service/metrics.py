@@ -75,3 +75,14 @@ CONSUMER_LAG_STATUS = Gauge(
     "Burrow-style partition status: 1 for the current one of OK/WARN/STALL/STOP/REWIND",
     ["topic", "partition", "status"],
 )
+OFFSET_RESETS = Counter(
+    "streamfit_offset_resets",
+    "Positions that no longer fit the partition's log, reset to the log start, by reason "
+    "(replaced: beyond the log end; expired: before the log start)",
+    ["topic", "partition", "reason"],
+)
+RECORDS_LOST = Counter(
+    "streamfit_records_lost",
+    "Records deleted by retention before the model learned them",
+    ["topic", "partition"],
+)

@@ -14,6 +14,20 @@ import numpy as np
 EPSILON = 1e-7
 
 
+def log_losses(probabilities: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per-sample log-loss of predicted probabilities of class 1 against 0/1 labels, float64.
+
+    Probabilities are clipped to [EPSILON, 1 - EPSILON], so a confident mistake costs about 16,
+    not infinity. The learner's compiled step computes the same sum in TensorFlow.
+
+    >>> log_losses(np.array([0.9, 0.2]), np.array([1, 1])).round(4).tolist()
+    [0.1054, 1.6094]
+    """
+    p = np.clip(np.asarray(probabilities, dtype=np.float64), EPSILON, 1 - EPSILON)
+    y = np.asarray(labels, dtype=np.float64)
+    return -(y * np.log(p) + (1 - y) * np.log(1 - p))
+
+
 class RunningStandardizer:
     """Running mean and variance per feature (Chan et al. parallel update), float64.
 
@@ -77,10 +91,8 @@ class PrequentialWindow:
         n = int(labels.shape[0])
         if n == 0:
             return
-        p = np.clip(probabilities.astype(np.float64), EPSILON, 1 - EPSILON)
-        correct = float(((p >= 0.5) == (labels >= 0.5)).sum())
-        loss = float(-(labels * np.log(p) + (1 - labels) * np.log(1 - p)).sum())
-        self.add_totals(n, correct, loss)
+        correct = float(((probabilities >= 0.5) == (labels >= 0.5)).sum())
+        self.add_totals(n, correct, float(log_losses(probabilities, labels).sum()))
 
     def add_totals(self, n: int, correct: float, loss: float) -> None:
         """Add a batch by its size, number correct and summed log-loss (as `add` computes)."""

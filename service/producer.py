@@ -12,34 +12,14 @@ from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
-
 from service.codec import encode_csv
+from service.kafka.clients import new_producer
+from service.kafka.topics import ensure_topic
 from service.synthetic import synthetic_susy
 
 log = logging.getLogger(__name__)
 
 Pair = tuple[bytes, bytes]
-
-
-async def ensure_topic(client_options: dict[str, Any], topic: str, partitions: int) -> bool:
-    """Create `topic` with `partitions` partitions unless it exists; True if created."""
-    admin = AIOKafkaAdminClient(**client_options)
-    await admin.start()
-    try:
-        response = await admin.create_topics([NewTopic(topic, partitions, 1)])
-    except TopicAlreadyExistsError:
-        return False
-    finally:
-        await admin.close()
-    for _name, code, *_rest in getattr(response, "topic_errors", []):
-        if code == TopicAlreadyExistsError.errno:
-            return False
-        if code != 0:
-            raise RuntimeError(f"cannot create topic {topic!r}: error code {code}")
-    return True
 
 
 def synthetic_pairs(
@@ -95,8 +75,8 @@ async def produce(
     from tqdm import tqdm
 
     await ensure_topic(client_options, topic, partitions)
-    producer = AIOKafkaProducer(
-        **client_options, acks="all", linger_ms=10, max_batch_size=256 * 1024
+    producer = new_producer(
+        client_options, client_id="produce", linger_ms=10, max_batch_size=256 * 1024
     )
     await producer.start()
     sent = 0

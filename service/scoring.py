@@ -28,29 +28,36 @@ import logging
 import math
 import os
 import sys
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError
-from aiokafka.structs import OffsetAndMetadata
 
 from service.checkpoints import CheckpointStore
 from service.codec import Codec, Reject
-from service.fitting import topic_partitions
-from service.online_stats import EPSILON
-from service.serving import ACTIVATIONS, ModelSnapshot, snapshot_from_state
-from service.settings import Settings
+from service.kafka.clients import new_consumer, new_producer
+from service.kafka.commits import commit_offsets
+from service.kafka.dead_letters import OutgoingMessage, dead_letter, send_messages
+from service.kafka.reading import BoundedRead, ReadStalled
+from service.kafka.topics import ensure_topic, topic_partitions
+from service.online_stats import log_losses
+from service.serving.snapshot import (
+    ACTIVATIONS,
+    ModelSnapshot,
+    SnapshotError,
+    snapshot_from_checkpoint,
+)
+from service.settings import FAULT_SCORE_EXIT_AFTER_WRITE, Settings
 
 log = logging.getLogger(__name__)
 
 TransactionMode = Literal["auto", "on", "off"]
 
-CRASH_ENV = "STREAMFIT_SCORE_CRASH_AFTER_WRITE"
+CRASH_ENV = FAULT_SCORE_EXIT_AFTER_WRITE
 CRASH_EXIT_CODE = 86
 
 
@@ -106,8 +113,7 @@ def evaluate(probabilities: np.ndarray, labels: np.ndarray) -> Evaluation | None
         return None
     y = labels.astype(np.int64)
     predicted = (probabilities >= 0.5).astype(np.int64)
-    p = np.clip(probabilities.astype(np.float64), EPSILON, 1 - EPSILON)
-    log_loss = float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+    log_loss = float(log_losses(probabilities, y).mean())
     cells = np.bincount(2 * y + predicted, minlength=4)
     return Evaluation(
         count=int(y.shape[0]),
@@ -221,40 +227,15 @@ def prediction_value(probability: float, label: float, model_version: int) -> by
     ).encode()
 
 
-@dataclass(frozen=True)
-class OutgoingMessage:
-    """One record to produce: a prediction or a dead letter."""
-
-    topic: str
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, bytes]] = field(default_factory=list)
-
-
-def dead_letter(reject: Reject, topic: str) -> OutgoingMessage:
-    """The original key and value, with why and where from, as the trainer sends them."""
-    record = reject.record
-    return OutgoingMessage(
-        topic,
-        record.key,
-        record.value,
-        [
-            ("error", f"{reject.reason}: {reject.detail}".encode()),
-            ("source.topic", record.topic.encode()),
-            ("source.partition", str(record.partition).encode()),
-            ("source.offset", str(record.offset).encode()),
-        ],
-    )
-
-
 # -- output: transactional or idempotent -----------------------------------------------------
 
 AfterWrite = Callable[[], None]
 
 
 def crash_hook_from_env() -> AfterWrite | None:
-    """Fault injection for tests: with STREAMFIT_SCORE_CRASH_AFTER_WRITE=1, exit hard after
-    the first batch is written and before its offsets are committed."""
+    """The fault hook `STREAMFIT_FAULT_SCORE_EXIT_AFTER_WRITE=1` (tests only, see
+    `service.settings.FAULT_HOOKS`): exit hard after the first batch is written and before
+    its offsets are committed."""
     if os.environ.get(CRASH_ENV) != "1":
         return None
 
@@ -303,11 +284,10 @@ class Output:
 
     async def start(self) -> None:
         if self.mode != "off":
-            producer = AIOKafkaProducer(
-                **self.client_options,
+            producer = new_producer(
+                self.client_options,
                 client_id="streamfit-score",
                 transactional_id=self.transactional_id,
-                linger_ms=5,
             )
             try:
                 if self.mode == "auto":
@@ -333,9 +313,7 @@ class Output:
             else:
                 self._producer, self.transactional = producer, True
                 return
-        producer = AIOKafkaProducer(
-            **self.client_options, client_id="streamfit-score", acks="all", linger_ms=5
-        )
+        producer = new_producer(self.client_options, client_id="streamfit-score")
         try:
             await producer.start()
         except BaseException:
@@ -374,14 +352,10 @@ class Output:
                 await producer.send_offsets_to_transaction(offsets, self.group_id)
             return
         await self._write(producer, messages)
-        await consumer.commit({tp: OffsetAndMetadata(o, "") for tp, o in offsets.items()})
+        await commit_offsets(consumer, offsets)
 
     async def _write(self, producer: AIOKafkaProducer, messages: list[OutgoingMessage]) -> None:
-        futures = [
-            await producer.send(m.topic, key=m.key, value=m.value, headers=m.headers or None)
-            for m in messages
-        ]
-        await asyncio.gather(*futures)
+        await asyncio.gather(*await send_messages(producer, messages))
         if self.after_write is not None:
             self.after_write()
 
@@ -450,9 +424,9 @@ class Scorer:
                 "(or `streamfit serve`) first"
             )
         try:
-            snapshot = snapshot_from_state(checkpoint.state, checkpoint.version)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ScoringError(f"checkpoint {checkpoint.version} cannot be served: {exc}") from exc
+            snapshot = snapshot_from_checkpoint(checkpoint)
+        except SnapshotError as exc:
+            raise ScoringError(str(exc)) from exc
         if snapshot.num_features != self.settings.num_features:
             raise ScoringError(
                 f"checkpoint {checkpoint.version} takes {snapshot.num_features} features, "
@@ -472,16 +446,12 @@ class Scorer:
             self.after_write,
         )
         await output.start()
-        consumer = AIOKafkaConsumer(
-            **options,
+        consumer = new_consumer(
+            options,
             group_id=self.group_id,
             client_id="streamfit-score",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
             isolation_level="read_committed" if output.transactional else "read_uncommitted",
             max_poll_records=self.batch_size,
-            fetch_max_bytes=64 * 1024 * 1024,
-            max_partition_fetch_bytes=8 * 1024 * 1024,
         )
         try:
             await consumer.start()
@@ -513,8 +483,6 @@ class Scorer:
         )
 
     async def _ensure_output_topic(self, options: dict[str, Any], partitions: int) -> None:
-        from service.producer import ensure_topic
-
         try:
             await ensure_topic(options, self.output_topic, partitions)
         except Exception as exc:  # best effort: brokers that auto-create topics still work
@@ -522,16 +490,6 @@ class Scorer:
                 "could not create the output topic; relying on auto-creation",
                 extra={"topic": self.output_topic, "error": f"{type(exc).__name__}: {exc}"},
             )
-
-    @staticmethod
-    def _end(consumer: AIOKafkaConsumer, tp: TopicPartition, read_committed: bool) -> int | None:
-        # read_committed stops at the last stable offset: beyond it are open transactions.
-        if read_committed:
-            lso = consumer.last_stable_offset(tp)
-            if lso is not None and lso >= 0:
-                return int(lso)
-        highwater = consumer.highwater(tp)
-        return None if highwater is None else int(highwater)
 
     async def _consume(
         self,
@@ -542,45 +500,23 @@ class Scorer:
     ) -> None:
         from tqdm import tqdm
 
-        positions = {tp: await consumer.position(tp) for tp in partitions}
-        ends: dict[TopicPartition, int] = {}
+        read = BoundedRead(
+            consumer,
+            partitions,
+            max_records=self.batch_size,
+            read_committed=output.transactional,
+            timeout_s=self.timeout_s,
+        )
         bar = tqdm(unit="rec", desc=f"scoring {self.topic}", disable=not self.progress)
-        deadline = time.monotonic() + self.timeout_s
         try:
-            while True:
-                batches = await consumer.getmany(timeout_ms=500, max_records=self.batch_size)
-                for tp in partitions:
-                    end = self._end(consumer, tp, output.transactional)
-                    if tp not in ends and end is not None:
-                        ends[tp] = end
-                        if len(ends) == len(partitions):
-                            bar.total = sum(max(ends[t] - positions[t], 0) for t in partitions)
-                            bar.refresh()
-                records = [
-                    record
-                    for tp in partitions
-                    if tp in ends
-                    for record in batches.get(tp, ())
-                    if record.offset < ends[tp]
-                ]
-                advanced: dict[TopicPartition, int] = {}
-                for tp in ends:
-                    reached = min(await consumer.position(tp), ends[tp])
-                    if reached > positions[tp]:
-                        advanced[tp] = reached
-                if records or advanced:
-                    await self._score_batch(consumer, output, snapshot, records, advanced)
-                    bar.update(sum(o - positions[tp] for tp, o in advanced.items()))
-                    positions.update(advanced)
-                    deadline = time.monotonic() + self.timeout_s
-                if len(ends) == len(partitions) and all(
-                    positions[tp] >= ends[tp] for tp in partitions
-                ):
-                    return
-                if time.monotonic() > deadline:
-                    raise ScoringError(
-                        f"no progress scoring {self.topic} for {self.timeout_s:.0f}s"
-                    )
+            async for chunk in read.chunks():
+                if bar.total is None and read.total is not None:
+                    bar.total = read.total
+                    bar.refresh()
+                await self._score_batch(consumer, output, snapshot, chunk.records, chunk.reached)
+                bar.update(sum(o - read.positions[tp] for tp, o in chunk.reached.items()))
+        except ReadStalled as exc:
+            raise ScoringError(str(exc)) from None
         finally:
             bar.close()
 

@@ -8,6 +8,14 @@ from typing import Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# Fault hooks: environment variables the test suite sets to make a process fail on purpose at
+# one moment. They are not settings (no flag, nothing in Settings) and do nothing unless set.
+FAULT_SCORE_EXIT_AFTER_WRITE = "STREAMFIT_FAULT_SCORE_EXIT_AFTER_WRITE"
+FAULT_HOOKS = {
+    FAULT_SCORE_EXIT_AFTER_WRITE: "`streamfit score` exits (code 86) after writing its first "
+    "batch and before committing its offsets",
+}
+
 
 class SettingsError(Exception):
     """A setting is invalid; the message is one line naming it."""

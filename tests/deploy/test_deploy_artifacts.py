@@ -468,7 +468,7 @@ def test_dockerignore_keeps_the_context_minimal() -> None:
                     rel = source.rstrip("/").removeprefix("./")
                     assert (ROOT / rel).exists(), f"Dockerfile copies {source}, which is missing"
                     assert not dockerignore_excludes(rules, rel), f".dockerignore drops {source}"
-    assert not dockerignore_excludes(rules, "service/api.py")
+    assert not dockerignore_excludes(rules, "service/api/app.py")
     for local in [
         ".venv/bin/python",
         ".git/config",

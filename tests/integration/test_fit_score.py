@@ -206,8 +206,8 @@ def test_fit_checkpoints_at_topic_end_and_serve_continues_from_there(
 
 
 def test_fit_resumes_from_the_newest_checkpoint_unless_fresh(fitted, tmp_path: Path):
-    from service.fitting import fit
     from service.settings import load_settings
+    from service.training.fitting import fit
 
     directory = tmp_path / "checkpoints"
     shutil.copytree(fitted.checkpoints, directory)
@@ -230,7 +230,7 @@ def test_fit_resumes_from_the_newest_checkpoint_unless_fresh(fitted, tmp_path: P
 
 def test_rowwise_forward_pass_matches_serving_and_ignores_batch_neighbours(fitted):
     from service.scoring import predict_rowwise
-    from service.serving import snapshot_from_state
+    from service.serving.snapshot import snapshot_from_state
     from service.synthetic import synthetic_susy
 
     checkpoint = CheckpointStore(fitted.checkpoints).latest()

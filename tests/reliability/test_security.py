@@ -7,15 +7,17 @@ tests/integration/test_http.py.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import re
 import ssl
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from service import api
+from service.api import admin, app
 from service.settings import Settings, SettingsError, load_settings
 from tests.reliability.probes import SecretInRepr
 from tests.support import wait_for
@@ -26,11 +28,13 @@ ROW = [0.1] * 18
 
 
 def test_api_key_is_compared_in_constant_time():
-    source = inspect.getsource(api.create_app)
-    admin = source[source.index("def require_admin") :]
-    admin = admin[: admin.index("\n    def ", 1)]
-    assert "hmac.compare_digest(" in admin, admin
-    assert not re.search(r"(==|!=)\s*settings\.api_key|settings\.api_key\s*(==|!=)", source)
+    """The admin key check compares with hmac.compare_digest, and nothing in the HTTP layer
+    compares the key with == or !=."""
+    source = inspect.getsource(admin.AdminEndpoints.authorize)
+    assert "hmac.compare_digest(" in source, source
+    for module in (admin, app):
+        text = inspect.getsource(module)
+        assert not re.search(r"(==|!=)\s*[\w.]*api_key|[\w.]*api_key\s*(==|!=)", text), module
 
 
 @pytest.fixture(scope="module")
@@ -140,27 +144,41 @@ def test_kafka_security_settings_reach_aiokafka(clean_env):
 
 
 def test_every_kafka_client_gets_the_security_options(clean_env):
-    """The trainer's consumer and dead-letter producer are built from kafka_client_options()."""
-    from service import trainer
+    """Every aiokafka client of the service is built by service.kafka.clients from
+    kafka_client_options(): the trainer's consumers and dead-letter producer, fit, score, lag."""
+    import service
+    from service.kafka import clients
+    from service.training import trainer
 
-    source = inspect.getsource(trainer.Trainer)
-    assert source.count("kafka_client_options()") >= 2, "consumer and dead-letter producer"
+    root = Path(service.__file__).parent
+    for path in root.rglob("*.py"):
+        if path.name == "clients.py":
+            continue
+        text = path.read_text()
+        assert "AIOKafkaConsumer(" not in text and "AIOKafkaProducer(" not in text, (
+            f"{path.relative_to(root)} builds an aiokafka client outside service.kafka.clients"
+        )
     settings = Settings(
         security_protocol="SASL_PLAINTEXT",
         sasl_mechanism="PLAIN",
         sasl_username="u",
         sasl_password=SASL_PASSWORD,
     )
-    from service.serving import SnapshotHolder
 
-    instance = trainer.Trainer(settings, SnapshotHolder())
-    try:
-        options = instance._consumer_options()
-    finally:
-        instance._train_thread.shutdown()
-        instance._io_thread.shutdown()
-    assert options["security_protocol"] == "SASL_PLAINTEXT"
-    assert options["sasl_plain_password"] == SASL_PASSWORD
+    async def build() -> list[Any]:
+        options = settings.kafka_client_options()
+        consumer = clients.new_consumer(
+            options, client_id="streamfit-trainer", **trainer.consumer_options(settings)
+        )
+        producer = clients.new_producer(options, client_id="streamfit-dead-letter")
+        found = [consumer._client, producer.client]
+        await consumer.stop()
+        await producer.stop()
+        return found
+
+    for client in asyncio.run(build()):
+        assert client._security_protocol == "SASL_PLAINTEXT"
+        assert client._sasl_plain_password == SASL_PASSWORD
 
 
 def test_incomplete_sasl_settings_stop_start_up_naming_them(clean_env):

@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.drift import DriftDetector, DriftPolicy, log_losses
+from service.drift import DriftDetector, DriftPolicy
+from service.online_stats import log_losses
 from service.synthetic import synthetic_susy
 
 BATCH = 256
@@ -190,7 +191,7 @@ def concept_b(kind: str) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.fixture(scope="module", params=["label flip", "permuted features"])
 def drift_run(request: pytest.FixtureRequest) -> DriftRun:
-    from service.learner import Learner
+    from service.training.learner import Learner
 
     xa, ya = synthetic_susy(BEFORE, seed=11)
     xb, yb = concept_b(request.param)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from service.lag import format_table
+from service.kafka.lag import format_table
 
 HEADER = ["GROUP", "TOPIC", "PARTITION", "CURRENT-OFFSET", "LOG-END-OFFSET", "LAG"]
 

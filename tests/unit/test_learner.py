@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 
 from service.checkpoints import Checkpoint, CheckpointStore
-from service.drift import log_losses
-from service.learner import Learner
-from service.online_stats import PrequentialWindow, RunningStandardizer
+from service.online_stats import PrequentialWindow, RunningStandardizer, log_losses
 from service.synthetic import synthetic_susy
+from service.training.learner import Learner
 
 BATCH = 128
 

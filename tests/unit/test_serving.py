@@ -8,15 +8,15 @@ import keras
 import numpy as np
 import pytest
 
-from service.learner import Learner
 from service.online_stats import RunningStandardizer
-from service.serving import (
+from service.serving.snapshot import (
     SnapshotHolder,
     build_snapshot,
     snapshot_from_learner,
     snapshot_from_state,
 )
 from service.synthetic import synthetic_susy
+from service.training.learner import Learner
 
 
 @pytest.fixture(scope="module")

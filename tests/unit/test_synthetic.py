@@ -38,7 +38,7 @@ def test_class_balance() -> None:
 
 
 def _prequential_accuracy(arch: str, x: np.ndarray, y: np.ndarray) -> float:
-    from service.learner import Learner
+    from service.training.learner import Learner
 
     learner = Learner(WIDTH, arch, seed=0)
     for i in range(0, len(y), 256):
@@ -104,7 +104,7 @@ def test_other_widths(width: int) -> None:
 
 @pytest.mark.parametrize("width", [5, 40])
 def test_learner_trains_on_other_widths(width: int) -> None:
-    from service.learner import Learner
+    from service.training.learner import Learner
 
     x, y = synthetic_susy(512, seed=5, num_features=width)
     learner = Learner(width, "mlp")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from service.learner import Learner
 from service.synthetic import synthetic_susy
+from service.training.learner import Learner
 
 
 def _prequential_accuracy(x: np.ndarray, y: np.ndarray) -> float:

@@ -25,6 +25,18 @@ from service.online_stats import (  # noqa: E402
     PrequentialWindow,
     RunningStandardizer,
 )
+from service.settings import Settings  # noqa: E402
+
+
+def learner_for(settings: Settings) -> Learner:
+    """The Learner the settings describe: `serve`, `fit` and the benchmarks build it here."""
+    return Learner(
+        settings.num_features,
+        settings.model_arch,
+        settings.learning_rate,
+        settings.seed,
+        threads=settings.tf_threads,
+    )
 
 
 def use_threads(threads: int) -> None:
@@ -179,6 +191,13 @@ class Learner:
         self.batches_trained += 1
         self.last_loss = float(loss)
         return BatchResult(probabilities.numpy(), self.last_loss, n, float(log_loss) / max(n, 1))
+
+    def reset_optimizer(self) -> None:
+        """Zero the optimizer's moments and step count (keeping its learning rate): after a
+        drift, the next steps follow the new concept's gradients at full size."""
+        for variable in self.optimizer.variables:
+            if not variable.path.endswith("learning_rate"):
+                variable.assign(variable.numpy() * 0)
 
     def evaluate_probabilities(self, x: np.ndarray) -> np.ndarray:
         """Probabilities for raw features with the current model (no training)."""

@@ -1,4 +1,4 @@
-"""Serving: an immutable snapshot of the model that request handlers read without locks.
+"""Snapshot: an immutable snapshot of the model that request handlers read without locks.
 
 The trainer publishes a new `ModelSnapshot` after each trained batch by replacing one
 reference (`SnapshotHolder.publish`), so a request sees either the old model or the new one,
@@ -9,7 +9,6 @@ over the snapshot's Dense layers (Dropout is the identity at inference): no per-
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from service.checkpoints import Checkpoint
 from service.online_stats import RunningStandardizer
 
 Activation = Callable[[np.ndarray], np.ndarray]
@@ -124,6 +124,21 @@ def snapshot_from_learner(learner: Any, version: int) -> ModelSnapshot:
     )
 
 
+class SnapshotError(Exception):
+    """A checkpoint cannot be served (its state lacks what a snapshot needs)."""
+
+
+def snapshot_from_checkpoint(checkpoint: Checkpoint) -> ModelSnapshot:
+    """The served form of a stored checkpoint, without TensorFlow (predictor role, `score`).
+
+    Raises SnapshotError if the checkpoint's state cannot be served.
+    """
+    try:
+        return snapshot_from_state(checkpoint.state, checkpoint.version)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SnapshotError(f"checkpoint {checkpoint.version} cannot be served: {exc}") from exc
+
+
 def snapshot_from_state(state: dict[str, Any], version: int) -> ModelSnapshot:
     """A snapshot straight from checkpoint state, without TensorFlow (predictor role)."""
     standardizer = RunningStandardizer.from_state(state["standardizer"])
@@ -159,55 +174,19 @@ class SnapshotHolder:
                 snapshot = replace(snapshot, version=current.version)
             self._snapshot = snapshot
 
+    def set_version(self, version: int) -> None:
+        """Serve the current model under `version` (a checkpoint now holds it)."""
+        with self._lock:
+            current = self._snapshot
+            if current is not None and version > current.version:
+                self._snapshot = replace(current, version=version)
+
     @property
     def current(self) -> ModelSnapshot | None:
         return self._snapshot
 
-
-class MicroBatcher:
-    """Coalesces concurrent prediction requests into one forward pass per loop iteration.
-
-    Requests that arrive while the event loop is busy are queued; one callback scheduled
-    with `call_soon` stacks their rows, runs a single forward pass on one snapshot, and
-    splits the probabilities back. Must be used from the event loop thread.
-    """
-
-    def __init__(
-        self, holder: SnapshotHolder, observe: Callable[[float], None] | None = None
-    ) -> None:
-        self.holder = holder
-        self.observe = observe
-        self._pending: list[tuple[np.ndarray, asyncio.Future[tuple[np.ndarray, int]]]] = []
-        self.batches = 0
-        self.requests = 0
-
-    async def predict(self, x: np.ndarray) -> tuple[np.ndarray, int]:
-        """Probabilities for `x` and the version of the snapshot that produced them."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[tuple[np.ndarray, int]] = loop.create_future()
-        if not self._pending:
-            loop.call_soon(self._flush)
-        self._pending.append((x, future))
-        return await future
-
-    def _flush(self) -> None:
-        pending, self._pending = self._pending, []
-        snapshot = self.holder.current
-        if snapshot is None:
-            for _, future in pending:
-                if not future.done():
-                    future.set_exception(LookupError("no model loaded"))
-            return
-        started = time.perf_counter()
-        rows = pending[0][0] if len(pending) == 1 else np.concatenate([x for x, _ in pending])
-        probabilities = snapshot.predict(rows)
-        if self.observe is not None:
-            self.observe(time.perf_counter() - started)
-        self.batches += 1
-        self.requests += len(pending)
-        start = 0
-        for x, future in pending:
-            end = start + x.shape[0]
-            if not future.done():
-                future.set_result((probabilities[start:end], snapshot.version))
-            start = end
+    @property
+    def version(self) -> int:
+        """The served version (0 before any model is served)."""
+        snapshot = self._snapshot
+        return 0 if snapshot is None else snapshot.version

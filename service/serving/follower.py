@@ -8,13 +8,18 @@ from typing import Any
 
 from service import metrics
 from service.checkpoints import Checkpoint, CheckpointStore
-from service.serving import SnapshotHolder, snapshot_from_state
+from service.online_stats import PrequentialWindow
+from service.serving.snapshot import SnapshotError, SnapshotHolder, snapshot_from_checkpoint
 
 log = logging.getLogger(__name__)
 
 
 class CheckpointFollower:
-    """Polls a checkpoint directory and publishes each newer valid checkpoint as a snapshot."""
+    """Polls a checkpoint directory and publishes each newer valid checkpoint as a snapshot.
+
+    A `ModelSource` for the data plane: it answers what the served checkpoint recorded, and
+    has no trainer, lag or drift of its own.
+    """
 
     def __init__(
         self, store: CheckpointStore, snapshots: SnapshotHolder, interval_s: float
@@ -52,9 +57,9 @@ class CheckpointFollower:
         if checkpoint is None or checkpoint.version <= current:
             return False
         try:
-            snapshot = snapshot_from_state(checkpoint.state, checkpoint.version)
-        except (KeyError, TypeError, ValueError) as exc:
-            self.last_error = f"checkpoint {checkpoint.version} unusable: {exc}"
+            snapshot = snapshot_from_checkpoint(checkpoint)
+        except SnapshotError as exc:
+            self.last_error = str(exc)
             log.error(
                 "cannot serve checkpoint", extra={"version": checkpoint.version, "error": str(exc)}
             )
@@ -67,11 +72,36 @@ class CheckpointFollower:
         log.info("loaded checkpoint", extra={"version": checkpoint.version})
         return True
 
+    # -- what the data plane reads (ModelSource) ----------------------------------------------
+
+    def checkpoint_info(self) -> dict[str, Any] | None:
+        return self.checkpoint.metadata() if self.checkpoint else None
+
     def prequential(self) -> dict[str, Any]:
         """Windowed accuracy and loss as recorded in the served checkpoint."""
-        from service.online_stats import PrequentialWindow
-
         window = PrequentialWindow()
         if self.checkpoint is not None:
             window.restore(self.checkpoint.state.get("prequential", []))
         return {"accuracy": window.accuracy, "loss": window.loss}
+
+    def history(self) -> dict[str, Any]:
+        if self.checkpoint is not None:
+            return dict(self.checkpoint.state.get("history", {}))
+        return {"every": None, "points": [], "events": []}
+
+    def not_ready_reason(self) -> str:
+        if self.checkpoint is None:
+            return f"waiting for a checkpoint in {self.store.directory}"
+        return self.last_error or "loading model"
+
+    def trainer_status(self) -> dict[str, Any] | None:
+        return None
+
+    def drift_summary(self) -> dict[str, Any] | None:
+        return None
+
+    def lag_rows(self) -> list[dict[str, Any]]:
+        return []
+
+    def lag_status(self) -> str | None:
+        return None

@@ -8,46 +8,29 @@ The group is never joined and nothing is committed.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from service.kafka.clients import new_consumer
+from service.kafka.reading import high_watermarks
+from service.kafka.topics import topic_partitions
 
 
 async def group_lag(
     client_options: dict[str, Any], group_id: str, topic: str, timeout_s: float = 10.0
 ) -> list[dict[str, Any]]:
     """Rows of topic, partition, committed_offset, log_end_offset, lag for one topic."""
-    consumer = AIOKafkaConsumer(
-        **client_options,
-        group_id=group_id,
-        enable_auto_commit=False,
-        client_id="streamfit-lag",
-    )
+    consumer = new_consumer(client_options, group_id=group_id, client_id="streamfit-lag")
     await consumer.start()
     try:
-        partitions = consumer.partitions_for_topic(topic)
-        if partitions is None:
-            await consumer._client.force_metadata_update()  # noqa: SLF001 - no public refresh
-            partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        tps = await topic_partitions(consumer, topic)
         if not tps:
             return []
         consumer.assign(tps)
         committed = {tp: await consumer.committed(tp) for tp in tps}
-        listed = await consumer.end_offsets(tps)
-        for tp in tps:
-            # Fetch from the listed end: the response carries the true high watermark.
-            consumer.seek(tp, max(listed[tp] - 1, 0))
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        while any(consumer.highwater(tp) is None for tp in tps):
-            if asyncio.get_running_loop().time() > deadline:
-                break
-            await consumer.getmany(timeout_ms=200, max_records=1)
+        ends = await high_watermarks(consumer, tps, await consumer.end_offsets(tps), timeout_s)
         rows = []
         for tp in tps:
-            highwater = consumer.highwater(tp)
-            log_end = max(listed[tp], highwater) if highwater is not None else listed[tp]
+            log_end = ends[tp]
             current = committed[tp]
             rows.append(
                 {

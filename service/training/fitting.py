@@ -14,19 +14,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
-from aiokafka.structs import OffsetAndMetadata
 
 from service.checkpoints import Checkpoint, CheckpointStore, offset_key, parse_offset_key
 from service.codec import Codec
+from service.kafka.clients import new_consumer
+from service.kafka.commits import commit_offsets
+from service.kafka.reading import BoundedRead, ReadStalled
+from service.kafka.topics import topic_partitions
 from service.online_stats import PrequentialWindow
 from service.settings import Settings
 
@@ -35,19 +37,6 @@ log = logging.getLogger(__name__)
 
 class FitError(Exception):
     """The topic cannot be fitted (missing, empty, unreadable) or the checkpoint does not fit."""
-
-
-async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
-    """Every partition of `topic` (none if it does not exist), from fresh metadata.
-
-    Asks for all topics rather than this one, so a broker that auto-creates topics on
-    metadata requests does not create it.
-    """
-    partitions = consumer.partitions_for_topic(topic)
-    if not partitions:
-        cluster = await consumer._client.fetch_all_metadata()  # noqa: SLF001 - no public API
-        partitions = cluster.partitions_for_topic(topic)
-    return [TopicPartition(topic, p) for p in sorted(partitions or ())]
 
 
 @dataclass
@@ -77,19 +66,10 @@ async def read_topic(
     """
     from tqdm import tqdm
 
-    consumer = AIOKafkaConsumer(
-        **client_options,
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        client_id="streamfit-fit",
-        fetch_max_bytes=64 * 1024 * 1024,
-        max_partition_fetch_bytes=8 * 1024 * 1024,
-    )
+    consumer = new_consumer(client_options, client_id="streamfit-fit")
     features: list[np.ndarray] = []
     labels: list[np.ndarray] = []
     rejected: Counter[str] = Counter()
-    ends: dict[TopicPartition, int] = {}
     bar = tqdm(unit="rec", desc=f"reading {topic}", disable=not progress, leave=False)
     try:
         await consumer.start()
@@ -98,33 +78,20 @@ async def read_topic(
             raise FitError(f"topic {topic!r} does not exist")
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
-        done: set[TopicPartition] = set()
-        deadline = time.monotonic() + timeout_s
-        while len(done) < len(partitions):
-            batches = await consumer.getmany(timeout_ms=500, max_records=10_000)
-            records: list[Any] = []
-            for tp in partitions:
-                highwater = consumer.highwater(tp)
-                if tp not in ends and highwater is not None:
-                    ends[tp] = highwater
-                if tp in ends:
-                    records.extend(r for r in batches.get(tp, ()) if r.offset < ends[tp])
-            if records:
-                decoded = codec.decode(records)
+        read = BoundedRead(consumer, partitions, max_records=10_000, timeout_s=timeout_s)
+        async for chunk in read.chunks():
+            if chunk.records:
+                decoded = codec.decode(chunk.records)
                 features.append(decoded.features)
                 labels.append(decoded.labels)
                 rejected.update(reject.reason for reject in decoded.rejects)
-                bar.update(len(records))
-                deadline = time.monotonic() + timeout_s
-            for tp in ends:
-                if tp not in done and await consumer.position(tp) >= ends[tp]:
-                    done.add(tp)
-            if time.monotonic() > deadline:
-                missing = sorted(f"{tp.topic}:{tp.partition}" for tp in set(partitions) - done)
-                raise FitError(f"no progress reading {missing} for {timeout_s:.0f}s")
+                bar.update(len(chunk.records))
+    except ReadStalled as exc:
+        raise FitError(str(exc)) from None
     finally:
         bar.close()
         await consumer.stop()
+    ends = read.ends
     width = codec.num_features
     return TopicData(
         features=np.concatenate(features) if features else np.empty((0, width), np.float32),
@@ -205,11 +172,9 @@ def fit(
             extra={"topic": topic, "rejected": dict(data.rejected)},
         )
 
-    from service.learner import Learner  # TensorFlow loads here, only for fitting
+    from service.training.learner import learner_for  # TensorFlow loads here, only for fitting
 
-    learner = Learner(
-        settings.num_features, settings.model_arch, settings.learning_rate, settings.seed
-    )
+    learner = learner_for(settings)
     store = CheckpointStore(settings.checkpoint_dir, settings.checkpoint_keep)
     previous = None if fresh else store.latest()
     offsets: dict[str, int] = {}
@@ -272,14 +237,12 @@ async def commit_group_offsets(
     offsets starts there too. A group with live members refuses an outsider's commit: the
     checkpoint still holds the truth.
     """
-    consumer = AIOKafkaConsumer(
-        **client_options, group_id=group_id, enable_auto_commit=False, client_id="streamfit-fit"
-    )
+    consumer = new_consumer(client_options, group_id=group_id, client_id="streamfit-fit")
     try:
         await consumer.start()
         consumer.assign(list(offsets))
-        await consumer.commit({tp: OffsetAndMetadata(o, "") for tp, o in offsets.items()})
-    except KafkaError as exc:
+        await commit_offsets(consumer, offsets)
+    except (KafkaError, TimeoutError) as exc:
         log.warning(
             "offsets not committed for the group (the checkpoint holds them)",
             extra={"group_id": group_id, "error": f"{type(exc).__name__}: {exc}"},

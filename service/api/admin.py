@@ -1,0 +1,80 @@
+"""Admin routes: pause, resume, checkpoint, rollback and versions, behind a bearer key."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+
+from service.checkpoints import CheckpointStore
+from service.errors import AdminDisabled, NotTraining, Unauthorized
+from service.training.trainer import Trainer
+
+
+class AdminEndpoints:
+    """Thin routes over the trainer; `authorize` guards every one of them."""
+
+    def __init__(
+        self,
+        api_key: str | None,
+        role: str,
+        store: CheckpointStore,
+        trainer: Callable[[], Trainer | None],
+    ) -> None:
+        self._api_key = api_key
+        self.role = role
+        self.store = store
+        self._trainer = trainer  # the runtime's trainer, once started
+
+    async def authorize(self, request: Request) -> None:
+        """`Authorization: Bearer <STREAMFIT_API_KEY>`, compared in constant time."""
+        if not self._api_key:
+            raise AdminDisabled("admin routes are disabled: STREAMFIT_API_KEY is not set")
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            token.encode(), self._api_key.encode()
+        ):
+            raise Unauthorized("missing or wrong bearer token")
+
+    def trainer(self) -> Trainer:
+        trainer = self._trainer()
+        if trainer is None or not trainer.learner.ready:
+            raise NotTraining(f"no trainer in role {self.role!r} (or not started yet)")
+        return trainer
+
+    async def pause(self) -> dict[str, Any]:
+        """Stop learning (the consumer stays in its group); predictions go on."""
+        return self.trainer().pause()
+
+    async def resume(self) -> dict[str, Any]:
+        return self.trainer().resume()
+
+    async def checkpoint(self) -> dict[str, Any]:
+        """Write a checkpoint now (and commit its offsets)."""
+        trainer = self.trainer()
+        written = await trainer.checkpoint()
+        return {"written": written is not None, "checkpoint": trainer.checkpoint_info()}
+
+    async def rollback(self, version: int) -> dict[str, Any]:
+        """Go back to a retained checkpoint's model; it is saved as a new, higher version."""
+        written = await self.trainer().rollback(version)
+        return {"rolled_back_to": version, "checkpoint": written.metadata() if written else None}
+
+    async def versions(self) -> dict[str, Any]:
+        """Retained checkpoint versions (from the manifest)."""
+        keys = ("version", "created_at", "samples_trained", "offsets")
+        return {
+            "versions": [{k: e.get(k) for k in keys} for e in self.store.manifest()["checkpoints"]]
+        }
+
+
+def router(endpoints: AdminEndpoints) -> APIRouter:
+    routes = APIRouter(tags=["admin"], dependencies=[Depends(endpoints.authorize)])
+    routes.add_api_route("/admin/pause", endpoints.pause, methods=["POST"])
+    routes.add_api_route("/admin/resume", endpoints.resume, methods=["POST"])
+    routes.add_api_route("/admin/checkpoint", endpoints.checkpoint, methods=["POST"])
+    routes.add_api_route("/admin/rollback/{version}", endpoints.rollback, methods=["POST"])
+    routes.add_api_route("/admin/versions", endpoints.versions, methods=["GET"])
+    return routes

@@ -1,0 +1,40 @@
+"""Health routes: liveness, readiness (also in their Open Inference forms) and metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from service.loopwatch import LoopWatch
+from service.serving.dataplane import DataPlane, liveness
+
+
+class HealthEndpoints:
+    def __init__(self, dataplane: DataPlane, loopwatch: LoopWatch, started_at: float) -> None:
+        self.dataplane = dataplane
+        self.loopwatch = loopwatch
+        self.started_at = started_at
+
+    async def live(self) -> dict[str, Any]:
+        return liveness(self.started_at, self.loopwatch.max_lag_s, self.loopwatch.recent_max_lag_s)
+
+    async def ready(self) -> JSONResponse:
+        ready, body = self.dataplane.readiness()
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    async def metrics(self) -> Response:
+        """Prometheus text exposition."""
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+def router(endpoints: HealthEndpoints) -> APIRouter:
+    routes = APIRouter(tags=["health"])
+    for path in ("/healthz", "/v2/health/live"):
+        routes.add_api_route(path, endpoints.live, methods=["GET"], summary="Liveness")
+    for path in ("/readyz", "/v2/health/ready"):
+        routes.add_api_route(path, endpoints.ready, methods=["GET"], summary="Readiness")
+    routes.add_api_route("/metrics", endpoints.metrics, methods=["GET"], response_class=Response)
+    return routes

@@ -1,0 +1,76 @@
+"""Runtime: what one service process runs by its role, and the objects the routes read.
+
+Role `all` and `trainer` run a `Trainer`; `predictor` runs a `CheckpointFollower`. Either is
+the data plane's model source. The event-loop watch runs in every role.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from service import metrics
+from service.checkpoints import CheckpointStore
+from service.feedback import PendingPredictions
+from service.loopwatch import LoopWatch
+from service.serving.batcher import MicroBatcher
+from service.serving.dataplane import DataPlane
+from service.serving.follower import CheckpointFollower
+from service.serving.snapshot import SnapshotHolder
+from service.settings import Settings
+from service.training.trainer import Trainer
+
+log = logging.getLogger(__name__)
+
+
+class Runtime:
+    """Builds the data plane and, on `start`, the trainer or follower behind it."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.snapshots = SnapshotHolder()
+        self.loopwatch = LoopWatch()
+        self.started_at = time.time()
+        pending = (
+            PendingPredictions(
+                settings.num_features, settings.feedback_capacity, settings.feedback_ttl_s
+            )
+            if settings.labels_topic and settings.role != "predictor"
+            else None
+        )
+        self.dataplane = DataPlane(
+            settings.model_name,
+            self.snapshots,
+            MicroBatcher(self.snapshots, metrics.PREDICTION_DURATION.observe),
+            role=settings.role,
+            group_id=settings.group_id,
+            topic=settings.train_topic,
+            pending=pending,
+        )
+        self.trainer: Trainer | None = None
+        self.follower: CheckpointFollower | None = None
+
+    async def start(self) -> None:
+        """Start the loop watch and the model source; a failure shows in `/readyz`."""
+        self.loopwatch.start()
+        s = self.settings
+        try:
+            if s.role == "predictor":
+                store = CheckpointStore(s.checkpoint_dir, s.checkpoint_keep)
+                self.follower = CheckpointFollower(store, self.snapshots, s.predictor_reload_s)
+                self.dataplane.source = self.follower
+                await self.follower.start()
+            else:
+                self.trainer = Trainer(s, self.snapshots, self.dataplane.pending)
+                self.dataplane.source = self.trainer
+                await self.trainer.start()
+        except Exception as exc:
+            self.dataplane.startup_error = f"{type(exc).__name__}: {exc}"
+            log.exception("start-up failed")
+
+    async def stop(self) -> None:
+        await self.loopwatch.stop()
+        if self.trainer is not None:
+            await self.trainer.stop()
+        if self.follower is not None:
+            await self.follower.stop()

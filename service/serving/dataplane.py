@@ -1,0 +1,223 @@
+"""Data plane: every answer the HTTP routes give, computed without HTTP.
+
+The routes (`service.api`) parse requests and serialize answers; this object checks inputs
+against the served model, predicts, and reads the model source (a trainer, or the predictor
+role's checkpoint follower: both answer the `ModelSource` questions). It raises the domain
+errors of `service.errors`, which the API maps to status codes in one place.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Protocol
+
+import numpy as np
+
+from service.errors import InvalidInput, ModelNotFound, ModelNotReady
+from service.feedback import PendingPredictions
+from service.serving.batcher import MicroBatcher
+from service.serving.snapshot import ModelSnapshot, SnapshotHolder
+
+
+class ModelSource(Protocol):
+    """What the data plane asks of whatever keeps the served model current."""
+
+    def checkpoint_info(self) -> dict[str, Any] | None: ...
+    def prequential(self) -> dict[str, Any]: ...
+    def history(self) -> dict[str, Any]: ...
+    def not_ready_reason(self) -> str: ...
+    def trainer_status(self) -> dict[str, Any] | None: ...
+    def drift_summary(self) -> dict[str, Any] | None: ...
+    def lag_rows(self) -> list[dict[str, Any]]: ...
+    def lag_status(self) -> str | None: ...
+
+
+class DataPlane:
+    """Predictions and model information for one served model (`model_name`)."""
+
+    def __init__(
+        self,
+        model_name: str,
+        snapshots: SnapshotHolder,
+        batcher: MicroBatcher,
+        role: str = "all",
+        group_id: str | None = None,
+        topic: str | None = None,
+        pending: PendingPredictions | None = None,
+    ) -> None:
+        self.model_name = model_name
+        self.snapshots = snapshots
+        self.batcher = batcher
+        self.role = role
+        self.group_id = group_id
+        self.topic = topic
+        self.pending = pending
+        self.source: ModelSource | None = None
+        self.startup_error: str | None = None
+
+    # -- inference ---------------------------------------------------------------------------
+
+    def snapshot(self, name: str) -> ModelSnapshot:
+        """The served snapshot of model `name`."""
+        if name != self.model_name:
+            raise ModelNotFound(
+                f"model {name!r} not found; this service serves {self.model_name!r}"
+            )
+        snapshot = self.snapshots.current
+        if snapshot is None:
+            raise ModelNotReady("no model loaded yet")
+        return snapshot
+
+    @staticmethod
+    def features(rows: Any, snapshot: ModelSnapshot) -> np.ndarray:
+        """Rows as a float32 [n, num_features] array; InvalidInput if they do not fit."""
+        x = np.asarray(rows, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != snapshot.num_features:
+            width = x.shape[-1] if x.ndim >= 1 and x.size else 0
+            raise InvalidInput(f"each instance needs {snapshot.num_features} numbers, got {width}")
+        if not np.isfinite(x).all():
+            raise InvalidInput("features must be finite (float32 range)")
+        return x
+
+    async def predict(
+        self, name: str, instances: list[list[float]], request_id: str | None = None
+    ) -> dict[str, Any]:
+        """TF Serving / KServe v1: one probability per instance, and the model version.
+
+        With delayed labels on, the rows are kept under `request_id` for the label to join.
+        """
+        snapshot = self.snapshot(name)
+        if len({len(row) for row in instances}) != 1:
+            raise InvalidInput("all instances must have the same number of features")
+        x = self.features(instances, snapshot)
+        probabilities, version = await self.batcher.predict(x)
+        answer: dict[str, Any] = {"predictions": probabilities.tolist(), "model_version": version}
+        if self.pending is not None:
+            self.pending.remember(request_id or "", x)
+            answer["request_id"] = request_id or ""
+        return answer
+
+    async def infer(
+        self, name: str, shape: list[int], data: list[Any], request_id: str | None
+    ) -> dict[str, Any]:
+        """Open Inference Protocol: FP32 input [n, F] -> output `probability` [n, 1]."""
+        snapshot = self.snapshot(name)
+        try:
+            flat = np.asarray(data, dtype=np.float32).reshape(-1)
+        except ValueError:
+            raise InvalidInput("input data must be a flat or rectangular list of numbers") from None
+        n, width = shape
+        if n < 1 or n * width != flat.size:
+            raise InvalidInput(f"shape {shape} does not match {flat.size} data values")
+        x = self.features(flat.reshape(n, width), snapshot)
+        probabilities, version = await self.batcher.predict(x)
+        return {
+            "model_name": name,
+            "model_version": str(version),
+            "id": request_id,
+            "outputs": [
+                {
+                    "name": "probability",
+                    "shape": [n, 1],
+                    "datatype": "FP32",
+                    "data": probabilities.tolist(),
+                }
+            ],
+        }
+
+    # -- model information -------------------------------------------------------------------
+
+    def model_status(self, name: str) -> dict[str, Any]:
+        """TF Serving model status."""
+        snapshot = self.snapshot(name)
+        return {
+            "model_version_status": [
+                {
+                    "version": str(snapshot.version),
+                    "state": "AVAILABLE",
+                    "status": {"error_code": "OK", "error_message": ""},
+                }
+            ]
+        }
+
+    def model_metadata(self, name: str) -> dict[str, Any]:
+        """Open Inference Protocol model metadata."""
+        snapshot = self.snapshot(name)
+        return {
+            "name": name,
+            "versions": [str(snapshot.version)],
+            "platform": "tensorflow",
+            "inputs": [
+                {"name": "features", "datatype": "FP32", "shape": [-1, snapshot.num_features]}
+            ],
+            "outputs": [{"name": "probability", "datatype": "FP32", "shape": [-1, 1]}],
+        }
+
+    def model_info(self) -> dict[str, Any]:
+        """The served model: version, samples learned, newest checkpoint, prequential metrics."""
+        snapshot = self.snapshots.current
+        source = self.source
+        return {
+            "name": self.model_name,
+            "version": snapshot.version if snapshot else None,
+            "samples_trained": snapshot.samples_trained if snapshot else 0,
+            "batches_trained": snapshot.batches_trained if snapshot else 0,
+            "updated_at": snapshot.updated_at if snapshot else None,
+            "checkpoint": source.checkpoint_info() if source else None,
+            "prequential": source.prequential() if source else {"accuracy": None, "loss": None},
+            "role": self.role,
+            "trainer": source.trainer_status() if source else None,
+            "drift": source.drift_summary() if source else None,
+        }
+
+    def history(self) -> dict[str, Any]:
+        """Prequential accuracy/loss along the stream, with drift, checkpoint, rollback events."""
+        if self.source is None:
+            return {"every": None, "points": [], "events": []}
+        return self.source.history()
+
+    def lag(self) -> dict[str, Any]:
+        """Per partition: committed offset, learned position, log-end offset and lag."""
+        rows = self.source.lag_rows() if self.source else []
+        known = [r["lag"] for r in rows if r["lag"] is not None]
+        return {
+            "group_id": self.group_id,
+            "topic": self.topic,
+            "partitions": rows,
+            "total_lag": sum(known) if rows and len(known) == len(rows) else None,
+            "status": self.source.lag_status() if self.source else None,
+        }
+
+    # -- health ------------------------------------------------------------------------------
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """(ready, body): a model is loaded and predicts finite values. A Kafka outage does
+        not make the service unready; it shows in the body (`trainer`)."""
+        body: dict[str, Any] = {"role": self.role}
+        status = self.source.trainer_status() if self.source else None
+        if status is not None:
+            body["trainer"] = status
+        snapshot = self.snapshots.current
+        if snapshot is None:
+            reason = self.startup_error or (
+                self.source.not_ready_reason() if self.source else "loading model"
+            )
+            return False, {"status": "not ready", "reason": reason, **body}
+        probe = snapshot.predict(np.zeros((1, snapshot.num_features), np.float32))
+        if not np.isfinite(probe).all():
+            return False, {
+                "status": "not ready",
+                "reason": "model predicts non-finite values",
+                **body,
+            }
+        return True, {"status": "ready", "model_version": snapshot.version, **body}
+
+
+def liveness(started_at: float, max_lag_s: float, recent_max_lag_s: float) -> dict[str, Any]:
+    """The process and its event loop answer: uptime and how late the loop has run timers."""
+    return {
+        "status": "alive",
+        "uptime_s": round(time.time() - started_at, 3),
+        "event_loop_lag_max_s": round(max_lag_s, 6),
+        "event_loop_lag_recent_max_s": round(recent_max_lag_s, 6),
+    }

@@ -1,0 +1,168 @@
+"""Learner thread: the one worker thread that owns the model, and everything that runs on it.
+
+TensorFlow runs here and never on the event loop, which keeps heartbeats, HTTP and the
+consumer alive while a batch trains. Each public coroutine hands one private method of this
+class to the thread; those private methods are the only code that touches the `Learner`.
+The event loop may read the plain counters (`samples_trained`, the prequential window, the
+history) at any time: they are replaced whole, never half-written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from service import metrics
+from service.codec import DecodedBatch
+from service.serving.snapshot import SnapshotHolder, snapshot_from_learner
+from service.settings import Settings
+from service.training.drift_response import DriftResponse
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class LearnerThread:
+    """The Learner on its own thread: restore, learn, checkpoint state, adopt (rollback)."""
+
+    def __init__(self, settings: Settings, snapshots: SnapshotHolder, drift: DriftResponse) -> None:
+        self.settings = settings
+        self.snapshots = snapshots
+        self.drift = drift
+        self.learner: Any = None  # a service.training.learner.Learner once started
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="streamfit-learn")
+        self._snapshot_interval_s = settings.snapshot_interval_s
+        self._last_publish = 0.0
+        self._unpublished = False
+        self._heap_frozen = False
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    # -- on the event loop ------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return self.learner is not None
+
+    async def start(self, state: dict[str, Any] | None, version: int) -> None:
+        """Build the model (TensorFlow loads here), restore `state` if any, serve it."""
+        await self._run(self._start, state, version)
+
+    def learn(self, batch: DecodedBatch) -> asyncio.Future[None]:
+        """Start test-then-train of `batch`; the future resolves once it is learned."""
+        if not len(batch):
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
+        return asyncio.get_running_loop().run_in_executor(self._executor, self._learn, batch)
+
+    async def checkpoint_state(self, version: int) -> dict[str, Any]:
+        """A copy of everything a checkpoint holds of the model, after every queued batch."""
+        return await self._run(self._checkpoint_state, version)
+
+    async def adopt(self, state: dict[str, Any], version: int) -> None:
+        """Return to a stored state (rollback to checkpoint `version`) and serve it."""
+        await self._run(self._adopt, state, version)
+
+    async def publish_pending(self) -> None:
+        """Serve what was learned since the last snapshot (the stream paused)."""
+        if self._unpublished:
+            await self._run(self._publish)
+
+    async def record_event(self, kind: str, **info: Any) -> None:
+        """Add an event to the learning history at the current sample count."""
+        await self._run(self._record_event, kind, info)
+
+    def stop(self) -> None:
+        """Wait for the batch being learned, then end the thread."""
+        self._executor.shutdown(wait=True)
+
+    # -- on the learner thread --------------------------------------------------------------
+
+    def _start(self, state: dict[str, Any] | None, version: int) -> None:
+        from service.training.learner import learner_for  # TensorFlow loads here
+
+        self.learner = learner_for(self.settings)
+        if state is not None:
+            self.learner.restore(state)
+            self.drift.restore(state.get("drift"))
+        self.snapshots.publish(snapshot_from_learner(self.learner, version))
+        metrics.MODEL_VERSION.set(self.snapshots.version)
+        self._update_metrics()
+
+    def _learn(self, batch: DecodedBatch) -> None:
+        started = time.perf_counter()
+        result = self.learner.learn(batch.features, batch.labels)
+        self.drift.observe(self.learner, result.prequential_loss, result.samples)
+        now = time.monotonic()
+        if now - self._last_publish >= self._snapshot_interval_s:
+            self._publish()
+        else:
+            self._unpublished = True  # published when the stream pauses (publish_pending)
+        if not self._heap_frozen:
+            self._freeze_heap()
+        metrics.TRAIN_BATCH_DURATION.observe(time.perf_counter() - started)
+        metrics.SAMPLES_TRAINED.inc(result.samples)
+        metrics.BATCHES_TRAINED.inc()
+        self._update_metrics()
+
+    def _publish(self) -> None:
+        # The served version is the holder's: a checkpoint raises it from the event loop.
+        self.snapshots.publish(snapshot_from_learner(self.learner, self.snapshots.version))
+        self._last_publish = time.monotonic()
+        self._unpublished = False
+
+    def _checkpoint_state(self, version: int) -> dict[str, Any]:
+        self.learner.history.event(self.learner.samples_trained, "checkpoint", version=version)
+        self._publish()  # the served model is never older than a checkpoint
+        state = self.learner.state()
+        state["drift"] = self.drift.state()
+        return state
+
+    def _adopt(self, state: dict[str, Any], version: int) -> None:
+        samples_before = self.learner.samples_trained
+        self.learner.restore(state)
+        self.drift.restore(state.get("drift"))
+        self.learner.history.event(
+            self.learner.samples_trained,
+            "rollback",
+            to_version=version,
+            from_samples=samples_before,
+        )
+        self._publish()
+        self._update_metrics()
+
+    def _record_event(self, kind: str, info: dict[str, Any]) -> None:
+        self.learner.history.event(self.learner.samples_trained, kind, **info)
+
+    def _update_metrics(self) -> None:
+        prequential = self.learner.prequential
+        if prequential.accuracy is not None:
+            metrics.PREQUENTIAL_ACCURACY.set(prequential.accuracy)
+            metrics.PREQUENTIAL_LOSS.set(prequential.loss)
+        if self.learner.last_loss is not None:
+            metrics.TRAIN_LOSS.set(self.learner.last_loss)
+
+    def _freeze_heap(self) -> None:
+        """Once warm (TensorFlow imported, the step traced), move every live object out of the
+        garbage collector's reach (`gc.freeze`). A full collection walks TensorFlow's ~400k
+        objects in ~150 ms with the GIL held, stalling HTTP and the learner alike; frozen, it
+        takes well under a millisecond. Done once, after the first learned batch."""
+        self._heap_frozen = True
+        started = time.perf_counter()
+        gc.collect()
+        gc.freeze()
+        log.info(
+            "heap frozen for the garbage collector",
+            extra={
+                "objects": gc.get_freeze_count(),
+                "ms": round(1e3 * (time.perf_counter() - started)),
+            },
+        )
