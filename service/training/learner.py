@@ -8,24 +8,19 @@ sizes never retrace. The learner is not thread-safe: one worker thread owns it.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from typing import Any
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+import numpy as np
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from service.online_stats import (  # noqa: E402
+from service.online_stats import (
     EPSILON,
     LearningHistory,
     PrequentialWindow,
     RunningStandardizer,
 )
-from service.settings import Settings  # noqa: E402
+from service.settings import Settings
+from service.training.tf_runtime import keras, tf
 
 
 def learner_for(settings: Settings) -> Learner:

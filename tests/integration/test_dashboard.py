@@ -2,14 +2,13 @@
 
 The page is what is under test, so a stub HTTP server serves it with canned JSON (the routes'
 shapes from SPEC.md, /history from LearningHistory.state()). Needs the `chromium` binary
-(Debian/Ubuntu package `chromium`); skipped without it.
+(Debian/Ubuntu package `chromium`); skipped without it, or failed in CI (tests/tools.py).
 """
 
 from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import threading
 from collections import Counter
@@ -21,9 +20,10 @@ from typing import Any
 
 import pytest
 
+from tests.tools import require_tool
+
 PAGE = Path(__file__).resolve().parents[2] / "service" / "dashboard.html"
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
-BROWSER = next((b for b in BROWSERS if shutil.which(b)), None)
 
 
 def model_json(version: int) -> dict[str, Any]:
@@ -128,10 +128,9 @@ def serve() -> Iterator[Callable[[StubApi], str]]:
         server.server_close()
 
 
-def dump_dom(url: str, profile: Path) -> str:
-    assert BROWSER is not None
+def dump_dom(browser: str, url: str, profile: Path) -> str:
     command = [
-        BROWSER,
+        browser,
         "--headless",
         "--no-sandbox",
         "--disable-gpu",
@@ -187,17 +186,16 @@ def parse(dom: str) -> ById:
     return parser
 
 
-needs_browser = pytest.mark.skipif(
-    BROWSER is None, reason="headless Chromium not installed (apt-get install chromium)"
-)
+@pytest.fixture
+def browser() -> str:
+    return require_tool(*BROWSERS, install="headless Chromium; Debian: apt-get install chromium")
 
 
-@needs_browser
 def test_dashboard_shows_live_numbers_and_the_learning_curve(
-    serve: Callable[[StubApi], str], tmp_path: Path
+    browser: str, serve: Callable[[StubApi], str], tmp_path: Path
 ) -> None:
     api = StubApi()
-    dom = dump_dom(serve(api), tmp_path / "profile")
+    dom = dump_dom(browser, serve(api), tmp_path / "profile")
     page = parse(dom)
     # Polled more than once, and shows the newest answer.
     assert api.requests["/model"] >= 2 and api.requests["/history"] >= 2, api.requests
@@ -221,12 +219,11 @@ def test_dashboard_shows_live_numbers_and_the_learning_curve(
     assert page.text["status"].startswith("live")
 
 
-@needs_browser
 def test_dashboard_keeps_working_without_history(
-    serve: Callable[[StubApi], str], tmp_path: Path
+    browser: str, serve: Callable[[StubApi], str], tmp_path: Path
 ) -> None:
     api = StubApi(history_status=404)
-    page = parse(dump_dom(serve(api), tmp_path / "profile"))
+    page = parse(dump_dom(browser, serve(api), tmp_path / "profile"))
     assert page.text["version"].strip() == "42"
     assert page.text["accuracy"].strip() == "0.7813"
     assert "cannot read history" in page.text["status"]
