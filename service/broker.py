@@ -61,8 +61,7 @@ def die_with_parent() -> Callable[[], None] | None:
 class EmbeddedBroker:
     """A Tansu broker listening on 127.0.0.1:`port`, owned by this object.
 
-    >>> with EmbeddedBroker(port=free_port()) as broker:  # doctest: +SKIP
-    ...     print(broker.bootstrap)
+    Used as a context manager: `with EmbeddedBroker(port=free_port()) as broker: ...`.
     """
 
     def __init__(self, port: int = 9092, host: str = "127.0.0.1") -> None:

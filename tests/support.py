@@ -201,3 +201,23 @@ class ServiceProcess:
                 self.terminate(timeout_s=20)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+def write_raw(
+    bootstrap: str, topic: str, key: bytes | None, value: bytes | None, partition: int = 0
+) -> None:
+    """One record as is, even without key and value (aiokafka's send() refuses that)."""
+    from aiokafka import AIOKafkaProducer
+
+    async def run() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, max_request_size=4 * 1024 * 1024)
+        await producer.start()
+        try:
+            batch = producer.create_batch()
+            batch.append(key=key, value=value, timestamp=None)
+            batch.close()
+            await (await producer.send_batch(batch, topic, partition=partition))
+        finally:
+            await producer.stop()
+
+    asyncio.run(run())

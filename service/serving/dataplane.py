@@ -71,7 +71,8 @@ class DataPlane:
     @staticmethod
     def features(rows: Any, snapshot: ModelSnapshot) -> np.ndarray:
         """Rows as a float32 [n, num_features] array; InvalidInput if they do not fit."""
-        x = np.asarray(rows, dtype=np.float32)
+        with np.errstate(over="ignore"):  # beyond float32: inf, refused just below
+            x = np.asarray(rows, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != snapshot.num_features:
             width = x.shape[-1] if x.ndim >= 1 and x.size else 0
             raise InvalidInput(f"each instance needs {snapshot.num_features} numbers, got {width}")

@@ -29,7 +29,7 @@ from service.broker import EmbeddedBroker
 from service.checkpoints import CheckpointStore
 from service.producer import synthetic_pairs
 from service.scoring import CRASH_ENV, CRASH_EXIT_CODE
-from tests.support import ROOT, ServiceProcess, produce_pairs, produce_synthetic
+from tests.support import ROOT, ServiceProcess, produce_pairs, produce_synthetic, write_raw
 
 TRAIN_ROWS = 4000
 TEST_ROWS = 2000
@@ -302,6 +302,34 @@ def test_score_once_per_group_with_metrics_matching_the_output(fitted, broker, t
     assert {key: len(v) for key, v in predictions_by_key(records).items()} == dict.fromkeys(
         test_topic.expected, 1
     )
+
+
+def test_score_dead_letters_a_keyless_tombstone_and_an_oversize_record(fitted, broker):
+    """A record with neither key nor value, and one of ~800 KB, in the scored topic: both are
+    dead-lettered (the big one cut to 512 KiB with an `original.bytes` header, as the trainer
+    does) and the run exits 0 having scored every good record."""
+    topic = unique("odd")
+    produce_synthetic(broker.bootstrap, topic, rows=300, partitions=1, seed=3)
+    write_raw(broker.bootstrap, topic, None, None)
+    oversize = b"1.0," * 200_000 + b"1.0"
+    write_raw(broker.bootstrap, topic, b"1", oversize)
+    produce_synthetic(broker.bootstrap, topic, rows=100, partitions=1, seed=4)
+
+    result = run_cli(["score", "--topic", topic, "--group", unique("g"), "--quiet"], fitted.env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert metric(r"scored (\d+) records", result.stdout) == 400
+    assert "rejected 2" in result.stdout
+
+    dead, _, _ = read_to_end(broker.bootstrap, f"{topic}.dlq")
+    assert len(dead) == 2
+    tombstone = next(r for r in dead if r.key is None)
+    assert tombstone.value is None
+    assert dict(tombstone.headers)["error"].startswith(b"empty")
+    big = next(r for r in dead if r.key == b"1")
+    headers = dict(big.headers)
+    assert big.value == oversize[: 512 * 1024]
+    assert headers["original.bytes"] == str(len(oversize)).encode()
+    assert headers["source.topic"] == topic.encode()
 
 
 def test_score_crash_between_write_and_commit_rescores_only_that_batch(fitted, broker, test_topic):

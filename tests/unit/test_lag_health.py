@@ -186,3 +186,17 @@ def test_rejects_bad_configuration() -> None:
         LagHealth(window=1)
     with pytest.raises(ValueError):
         LagHealth(window=3, min_points=4)
+
+
+def test_a_rewound_partition_is_rewind_until_its_lag_first_reaches_zero() -> None:
+    health = LagHealth(interval_s=1.0)
+    health.rewound("p")
+    assert health.evaluate("p", now=0.0)["status"] == "REWIND", "before any observation"
+    health.observe("p", position=0, log_end=2000, now=0.0)
+    health.observe("p", position=1500, log_end=2000, now=1.0)
+    assert health.evaluate("p", now=1.5)["status"] == "REWIND"
+    assert health.worst(now=1.5) == "REWIND"
+    health.observe("p", position=2000, log_end=2000, now=2.0)
+    assert health.evaluate("p", now=2.5)["status"] == "OK"
+    health.observe("p", position=2000, log_end=2600, now=3.0)
+    assert health.evaluate("p", now=3.5)["status"] != "REWIND", "cleared for good"
