@@ -7,6 +7,7 @@ import time
 from collections import deque
 
 from service import metrics
+from service.tasks import OwnedTask
 
 
 class LoopWatch:
@@ -18,7 +19,7 @@ class LoopWatch:
         self.max_lag_s = 0.0
         self.last_lag_s = 0.0
         self._recent: deque[tuple[float, float]] = deque()
-        self._task: asyncio.Task[None] | None = None
+        self._task = OwnedTask("streamfit-loopwatch", self._run)
 
     @property
     def recent_max_lag_s(self) -> float:
@@ -26,15 +27,10 @@ class LoopWatch:
         return max((lag for _, lag in self._recent), default=0.0)
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="streamfit-loopwatch")
+        self._task.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await self._task.stop()
 
     async def _run(self) -> None:
         while True:

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 
+from service.tasks import OwnedTask
+
 PROBE_INTERVAL_S = 1.0
 PROBE_TIMEOUT_S = 3.0
 
@@ -32,19 +34,13 @@ class ConnectivityProbe:
         self.consumer = consumer
         self.on_reachable = on_reachable
         self.on_unreachable = on_unreachable
-        self._task: asyncio.Task[None] | None = None
+        self._task = OwnedTask("streamfit-kafka-probe", self._run)
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="streamfit-kafka-probe")
+        self._task.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await self._task.stop()
 
     async def _run(self) -> None:
         while True:

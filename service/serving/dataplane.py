@@ -204,7 +204,8 @@ class DataPlane:
                 self.source.not_ready_reason() if self.source else "loading model"
             )
             return False, {"status": "not ready", "reason": reason, **body}
-        probe = snapshot.predict(np.zeros((1, snapshot.num_features), np.float32))
+        with np.errstate(invalid="ignore", over="ignore"):  # a broken model answers NaN
+            probe = snapshot.predict(np.zeros((1, snapshot.num_features), np.float32))
         if not np.isfinite(probe).all():
             return False, {
                 "status": "not ready",

@@ -10,6 +10,7 @@ from service import metrics
 from service.checkpoints import Checkpoint, CheckpointStore
 from service.online_stats import PrequentialWindow
 from service.serving.snapshot import SnapshotError, SnapshotHolder, snapshot_from_checkpoint
+from service.tasks import OwnedTask
 
 log = logging.getLogger(__name__)
 
@@ -29,19 +30,14 @@ class CheckpointFollower:
         self.interval_s = interval_s
         self.checkpoint: Checkpoint | None = None
         self.last_error: str | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._task = OwnedTask("streamfit-follower", self._run)
 
     async def start(self) -> None:
         await self.poll()
-        self._task = asyncio.create_task(self._run(), name="streamfit-follower")
+        self._task.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await self._task.stop()
 
     async def _run(self) -> None:
         while True:

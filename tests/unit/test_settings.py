@@ -223,3 +223,15 @@ def test_python_m_service_serve_bad_batch_size() -> None:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert "STREAMFIT_BATCH_SIZE" in lines[0]
+
+
+def test_every_setting_and_fault_hook_is_documented_in_the_readme() -> None:
+    from service.settings import FAULT_HOOKS
+    from tests.support import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Configuration") : readme.index("## Commands")]
+    missing = [name for name in Settings.model_fields if f"`{name.upper()}`" not in section]
+    assert not missing, f"settings missing from the README's Configuration: {missing}"
+    for hook in FAULT_HOOKS:
+        assert hook in section, hook
