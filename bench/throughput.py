@@ -1,7 +1,7 @@
 """Training throughput: records/s from Kafka to a trained model, vs the in-memory limit.
 
 The service consumes a topic filled beforehand (so the producer does not compete for the two
-cores), at each batch size. The limit is the same model (`service.learner.Learner`) doing
+cores), at each batch size. The limit is the same model (`service.training.learner.Learner`) doing
 test-then-train (`learn`) on the same records already decoded into NumPy arrays, in this
 process, measured right before and right after each service run; the ratio uses their mean.
 """

@@ -1,10 +1,10 @@
 """streamfit: online learning from Kafka into a Keras model, served over HTTP.
 
-A record's path through the package, left to right:
-settings -> stream (Kafka in) -> codec (bytes to arrays, rejects to the dead-letter topic)
--> learner (model, standardization, prequential metrics) -> checkpoints (atomic, with offsets)
--> trainer (the loop that ties them) -> serving (immutable snapshot the API reads)
--> api (routes) -> cli.
+A record's path through the package, in order:
+settings -> kafka (clients, reading, commits) -> codec (bytes to arrays; rejects to
+kafka.dead_letters) -> training (pipeline -> learner_thread -> learner; checkpointing: atomic
+checkpoint with offsets, then commit) -> checkpoints -> serving (snapshot, dataplane) -> api
+(routers) -> cli. `runtime` decides what a process runs by role.
 """
 
 __version__ = "0.1.0"

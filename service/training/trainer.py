@@ -188,7 +188,9 @@ class Trainer:
         s = self.settings
         options = s.kafka_client_options()
         consumer = new_consumer(options, client_id="streamfit-trainer", **consumer_options(s))
-        bounds = new_consumer(options, client_id="streamfit-trainer-bounds")
+        # Reads log bounds on each assignment: a fetch of an empty partition long-polls, and
+        # the assignment waits for it.
+        bounds = new_consumer(options, client_id="streamfit-trainer-bounds", fetch_max_wait_ms=100)
         producer = new_producer(options, client_id="streamfit-dead-letter")
         rebalance = Rebalance(
             consumer, bounds, self.offsets, self.checkpointer, self.lag, self.learner
