@@ -23,11 +23,15 @@ def test_kill_9_loop_learns_every_record_exactly_once(broker, topic, service_fac
             broker.bootstrap, topic, rows=6000, partitions=3, seed=round_number
         )
         service = service_factory(batch_size=32, checkpoint_interval_s=0.2).start()
-        wait_for(lambda s=service: s.get("/model")["samples_trained"] > 0, 60, what="training")
+        wait_for(
+            lambda s=service: s.get("/model")["samples_trained"] > 0,
+            service.join_timeout_s + 60,
+            what="training",
+        )
         time.sleep(rng.uniform(0.1, 1.5))
         service.kill()
     final = service_factory(batch_size=256).start()
-    model = final.wait_trained(total, timeout_s=180)
+    model = final.wait_trained(total, learn_s=180)
     assert model["samples_trained"] == total
     assert final.terminate() == 0
     # The newest checkpoint on disk says the same: offsets sum to every record in the topic.
@@ -128,7 +132,11 @@ def test_stream_timeout_ends_training_but_keeps_serving(broker, topic, service_f
 def test_sigterm_mid_stream_checkpoints_and_exits_zero(broker, topic, service_factory):
     produce_synthetic(broker.bootstrap, topic, rows=20_000, partitions=3)
     service = service_factory(batch_size=32, checkpoint_interval_s=60).start()
-    wait_for(lambda: service.get("/model")["samples_trained"] > 500, 60, what="training")
+    wait_for(
+        lambda: service.get("/model")["samples_trained"] > 500,
+        service.join_timeout_s + 60,
+        what="training",
+    )
     started = time.monotonic()
     assert service.terminate(timeout_s=30) == 0
     elapsed = time.monotonic() - started

@@ -42,7 +42,7 @@ def test_malformed_records_at_volume(broker, topic, spawn, message_format, good_
         max_record_bytes=MAX_RECORD_BYTES,
         batch_size=512,
     ).start()
-    service.wait_trained(good_rows, timeout_s=240)
+    service.wait_trained(good_rows, learn_s=240)
 
     dead = consume_all(broker.bootstrap, f"{topic}.dlq", expected=bad, timeout_s=60)
     positions = Counter(
@@ -124,7 +124,11 @@ def test_one_unwritable_dead_letter_does_not_stop_training(broker, topic, spawn,
             return model
         return None
 
-    model = wait_for(settled, 60, what="400 samples learned, or the trainer failed or stalled")
+    model = wait_for(
+        settled,
+        service.join_timeout_s + 45,
+        what="400 samples learned, or the trainer failed or stalled",
+    )
     if model["samples_trained"] != 400:
         raise PoisonPill(f"{model['samples_trained']} of 400 learned; trainer: {model['trainer']}")
     dead = consume_all(broker.bootstrap, f"{topic}.dlq", expected=1, timeout_s=20)

@@ -74,7 +74,7 @@ def _soak(broker, topic, spawn, records: int, chunk: int, rss_growth_mb: int) ->
     produce_synthetic(broker.bootstrap, topic, rows=warm_up, partitions=partitions, seed=0)
     service = spawn(checkpoint_interval_s=2).start()
     assert service.process is not None
-    service.wait_trained(warm_up, timeout_s=120)
+    service.wait_trained(warm_up, learn_s=120)
     produced = warm_up
     with _Load(service) as load:
         time.sleep(3)  # the prediction path warms up too
@@ -93,7 +93,7 @@ def _soak(broker, topic, spawn, records: int, chunk: int, rss_growth_mb: int) ->
                 120,
                 what="the learner to keep up",
             )
-        model = service.wait_trained(produced, timeout_s=120)
+        model = service.wait_trained(produced, learn_s=120)
         rss_end = rss_bytes(service.process.pid)
     assert model["samples_trained"] == produced
     wait_for(lambda: service.get("/lag")["total_lag"] == 0, 60, what="lag back to 0")
