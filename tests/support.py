@@ -17,8 +17,14 @@ from typing import Any
 
 from service.broker import free_port
 from service.producer import produce, synthetic_pairs
+from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# A consumer-group join may take up to JOIN_SESSIONS session timeouts plus JOIN_MARGIN_S
+# (ServiceProcess.join_timeout_s says why).
+JOIN_SESSIONS = 3
+JOIN_MARGIN_S = 10.0
 
 
 def produce_synthetic(
@@ -108,7 +114,44 @@ class ServiceProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def session_timeout_s(self) -> float:
+        """The consumer-group session timeout this process runs with (the service's default
+        when its environment does not set one)."""
+        configured = self.env.get("STREAMFIT_SESSION_TIMEOUT_MS")
+        default = Settings.model_fields["session_timeout_ms"].default
+        return int(configured or default) / 1000
+
+    @property
+    def join_timeout_s(self) -> float:
+        """The longest a consumer-group join or rebalance may take: 3 session timeouts plus
+        10 s (28 s at the suite's 6 s, 40 s at the default 10 s). Every deadline that
+        includes a join builds on this, never on a literal.
+
+        The broker decides how long a join takes, from the session timeout. Measured on
+        Tansu 0.6.0, from /readyz turning 200 (the consumer starts right after) to the
+        service's "partitions assigned" log line; each process started as soon as the
+        previous member of its group had stopped (its join began 4-9 s later, after start-up):
+        - 6 s session: 3.0 s in all 10 joins (2 first starts, 5 after SIGTERM, 3 after
+          kill -9);
+        - 10 s session: 5.0 s for both first starts and 4 of 5 after SIGTERM; 18.1 s for
+          1 of 5 after SIGTERM and 3 of 3 after kill -9: the broker waits for the old
+          member, whose session has not expired yet (a restart that comes sooner than
+          start-up allows here would see that at 6 s too);
+        - static membership (STREAMFIT_GROUP_INSTANCE_ID) does not help on Tansu: 6.0 s at
+          6 s and 8.0 s at 10 s, in all 8 joins (first start, after SIGTERM, after kill -9).
+        The worst, 18.1 s, is 1.8 session timeouts; 3 of them plus 10 s leave twice that for
+        a loaded machine.
+        """
+        return JOIN_SESSIONS * self.session_timeout_s + JOIN_MARGIN_S
+
     def start(self, wait_ready: bool = True, timeout_s: float = 90.0) -> ServiceProcess:
+        """Start the process; with `wait_ready`, wait until /readyz answers 200.
+
+        `timeout_s` bounds start-up only (imports, restoring a checkpoint): a trainer is
+        ready before its consumer joins the group (measured: 3-18 s before its partitions
+        are assigned), so waits for learning or partitions add `join_timeout_s` themselves.
+        """
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "service", "serve", *self.args],
@@ -176,14 +219,22 @@ class ServiceProcess:
     def status(self, path: str) -> int:
         return self.request("GET", path)[0]
 
-    def wait_trained(self, samples: int, timeout_s: float = 120.0) -> dict[str, Any]:
+    def wait_trained(self, samples: int, learn_s: float = 120.0) -> dict[str, Any]:
+        """Wait until the model has learned exactly `samples` (more fails at once).
+
+        The deadline is `join_timeout_s` plus `learn_s` for the learning itself: a process
+        learns only once the group has given it partitions, after a start or a rebalance.
+        """
+
         def reached() -> dict[str, Any] | None:
             self._alive()
             model = self.get("/model")
             assert model["samples_trained"] <= samples, f"trained too much: {model}"
             return model if model["samples_trained"] == samples else None
 
-        return wait_for(reached, timeout_s, what=f"samples_trained == {samples}")
+        return wait_for(
+            reached, self.join_timeout_s + learn_s, what=f"samples_trained == {samples}"
+        )
 
     def terminate(self, timeout_s: float = 40.0) -> int:
         assert self.process is not None

@@ -1,8 +1,11 @@
-"""Dashboard: the static page renders /model, /lag and /history in headless Chromium.
+"""Dashboard: the page at /dashboard of a real service, in headless Chromium.
 
-The page is what is under test, so a stub HTTP server serves it with canned JSON (the routes'
-shapes from SPEC.md, /history from LearningHistory.state()). Needs the `chromium` binary
-(Debian/Ubuntu package `chromium`); skipped without it, or failed in CI (tests/tools.py).
+The service runs as a child process on the real broker and learns records produced by
+`produce_synthetic`. Chromium opens the page once and keeps it open; the test reads what the
+page shows over the DevTools protocol while it polls, compares it with the service's own
+/model, /lag and /history, and sees it follow a new checkpoint version. Needs the `chromium`
+binary (Debian/Ubuntu package `chromium`); skipped without it, failed in CI (tests/tools.py). The DevTools client is
+`websockets`, which `uvicorn[standard]` installs.
 """
 
 from __future__ import annotations
@@ -10,225 +13,249 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import threading
-from collections import Counter
-from collections.abc import Callable, Iterator
-from html.parser import HTMLParser
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import time
+import urllib.request
+from contextlib import ExitStack
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import pytest
 
+from tests.support import ServiceProcess, produce_synthetic, wait_for
 from tests.tools import require_tool
 
-PAGE = Path(__file__).resolve().parents[2] / "service" / "dashboard.html"
+PAGE = Path(__file__).resolve().parents[2] / "service" / "api" / "dashboard.html"
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+PARTITIONS = 2
+# The page polls every 2 s (POLL_MS in dashboard.html); a few polls to catch up.
+PAGE_CATCH_UP_S = 15.0
+
+# What the page shows, read in the page itself.
+SHOWN = """JSON.stringify((() => {
+  const text = (id) => document.getElementById(id).textContent.trim();
+  const curve = document.querySelector("#chart-accuracy .series-accuracy");
+  return {
+    name: text("model-name"), version: text("version"), samples: text("samples"),
+    accuracy: text("accuracy"), loss: text("loss"), checkpoint: text("checkpoint"),
+    total_lag: text("total-lag"),
+    partitions: [...document.querySelectorAll("#partitions tr")]
+      .map((tr) => [...tr.cells].slice(0, 5).map((td) => td.textContent)),
+    curve_points: curve ? (curve.getAttribute("d").match(/[ML]/g) || []).length : 0,
+    checkpoint_marks: document.querySelectorAll("#chart-accuracy path.checkpoint").length,
+    live: text("status").startsWith("live"),
+    chart_note: curve ? "" : text("chart-accuracy"),
+  };
+})())"""
 
 
-def model_json(version: int) -> dict[str, Any]:
+class HeadlessPage:
+    """One headless Chromium tab on `url`, read over the DevTools protocol; closed on exit."""
+
+    def __init__(self, browser: str, url: str, profile: Path) -> None:
+        self.browser = browser
+        self.url = url
+        self.profile = profile
+        self._resources = ExitStack()
+        self._socket: Any = None
+        self._next_id = 0
+
+    def __enter__(self) -> HeadlessPage:
+        try:
+            self._open()
+        except BaseException:
+            self._resources.close()  # the browser too, when it started but cannot be read
+            raise
+        return self
+
+    def _open(self) -> None:
+        from websockets.sync.client import connect
+
+        self.profile.mkdir(parents=True, exist_ok=True)
+        browser = subprocess.Popen(
+            [
+                self.browser,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                f"--user-data-dir={self.profile}",
+                "--remote-debugging-port=0",  # Chromium picks one: DevToolsActivePort
+                self.url,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self._resources.callback(_stop, browser)
+        port_file = self.profile / "DevToolsActivePort"
+        port = wait_for(
+            lambda: port_file.exists() and port_file.read_text().split("\n")[0],
+            30,
+            what="Chromium's DevTools port",
+        )
+
+        def page_target() -> str | None:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=5) as r:
+                targets = json.loads(r.read())
+            pages = [t for t in targets if t["type"] == "page" and t["url"] == self.url]
+            return pages[0]["webSocketDebuggerUrl"] if pages else None
+
+        address = wait_for(page_target, 30, what="the dashboard tab")
+        self._socket = self._resources.enter_context(
+            connect(address, max_size=None, open_timeout=10)
+        )
+        wait_for(
+            # The tab starts on an empty document, which is "complete" too.
+            lambda: self.evaluate(
+                'document.readyState == "complete" && !!document.getElementById("version")'
+            ),
+            30,
+            what="the page to load",
+        )
+
+    def evaluate(self, expression: str) -> Any:
+        """The value of a JavaScript expression in the page."""
+        self._next_id += 1
+        request = {
+            "id": self._next_id,
+            "method": "Runtime.evaluate",
+            "params": {"expression": expression, "returnByValue": True},
+        }
+        self._socket.send(json.dumps(request))
+        while True:  # skip events; answer to this request only
+            message = json.loads(self._socket.recv(timeout=10))
+            if message.get("id") == self._next_id:
+                break
+        details = message["result"].get("exceptionDetails")
+        assert details is None, details.get("exception", {}).get("description", details)
+        return message["result"]["result"].get("value")
+
+    def shown(self) -> dict[str, Any]:
+        return json.loads(self.evaluate(SHOWN))
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._resources.close()
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def settled(service: ServiceProcess, records: int) -> dict[str, Any]:
+    """The /model answer once every record is learned, checkpointed, served and committed."""
+    service.wait_trained(records)
+
+    def done() -> dict[str, Any] | None:
+        model = service.get("/model")
+        checkpoint = model["checkpoint"] or {}
+        lag = service.get("/lag")["partitions"]
+        served = model["version"] == checkpoint.get("version")
+        covered = sum(checkpoint.get("offsets", {}).values()) == records
+        committed = len(lag) == PARTITIONS and all(
+            p["committed_offset"] == p["log_end_offset"] for p in lag
+        )
+        return model if served and covered and committed else None
+
+    # Checkpoints come every second (service_factory); the commit follows each one.
+    return wait_for(done, 30, what=f"a served, committed checkpoint of {records} records")
+
+
+def expected(service: ServiceProcess) -> dict[str, Any]:
+    """What the page should show, formatted as dashboard.html formats the service's answers."""
+    model, lag, history = (service.get(path) for path in ("/model", "/lag", "/history"))
+    points = history["points"]
+    last = max((p["samples"] for p in points), default=0)
+    count = "{:,}".format
     return {
-        "name": "susy",
-        "version": version,
-        "samples_trained": 123_456,
-        "batches_trained": 483,
-        "updated_at": 1.7e9,
-        "checkpoint": {"version": version, "created_at": 1.7e9, "offsets": {"t:0": 61_728}},
-        "prequential": {"accuracy": 0.78125, "loss": 0.45678},
+        "name": f"· {model['name']}",
+        "version": str(model["version"]),
+        "samples": count(model["samples_trained"]),
+        "accuracy": f"{model['prequential']['accuracy']:.4f}",
+        "loss": f"{model['prequential']['loss']:.4f}",
+        "checkpoint": f"v{model['checkpoint']['version']}",
+        "total_lag": count(lag["total_lag"]),
+        "partitions": [
+            [
+                f"{p['topic']}:{p['partition']}",
+                *(count(p[k]) for k in ("committed_offset", "position", "log_end_offset", "lag")),
+            ]
+            for p in lag["partitions"]
+        ],
+        # The curve is /history's points plus the live one when the model is past the last.
+        "curve_points": len(points) + (model["samples_trained"] > last),
+        "checkpoint_marks": sum(1 for e in history["events"] if e["kind"] == "checkpoint"),
+        "live": True,
+        "chart_note": "",
     }
 
 
-LAG = {
-    "group_id": "streamfit",
-    "topic": "susy-train",
-    "partitions": [
-        {
-            "topic": "susy-train",
-            "partition": p,
-            "committed_offset": 61_000,
-            "position": 61_728,
-            "log_end_offset": 61_728 + 100 * p,
-            "lag": 100 * p,
-            "status": "OK" if p == 0 else "WARN",
-            "lag_seconds": 0.5 * p,
-        }
-        for p in (0, 1)
-    ],
-    "total_lag": 100,
-}
-
-HISTORY = {
-    "every": 1000,
-    "points": [
-        {
-            "samples": s,
-            "accuracy": 0.6 + 0.15 * s / 120_000,
-            "loss": 0.7 - 0.2 * s / 120_000,
-            "time": 1.7e9,
-        }
-        for s in range(1000, 121_000, 1000)
-    ],
-    "events": [
-        {"samples": 30_720, "kind": "checkpoint", "time": 1.7e9, "version": 1},
-        {"samples": 61_440, "kind": "drift", "time": 1.7e9, "onset": 60_900},
-        {"samples": 92_160, "kind": "checkpoint", "time": 1.7e9, "version": 2},
-    ],
-}
-
-
-class StubApi:
-    """The page at /dashboard plus canned JSON; /model answers version 41 first, then 42."""
-
-    def __init__(self, history_status: int = 200) -> None:
-        self.requests: Counter[str] = Counter()
-        self.history_status = history_status
-
-    def respond(self, path: str) -> tuple[int, str, bytes]:
-        self.requests[path] += 1
-        if path == "/dashboard":
-            return 200, "text/html; charset=utf-8", PAGE.read_bytes()
-        if path == "/model":
-            body: Any = model_json(41 if self.requests[path] == 1 else 42)
-        elif path == "/lag":
-            body = LAG
-        elif path == "/history" and self.history_status == 200:
-            body = HISTORY
-        elif path == "/history":
-            return self.history_status, "application/json", b'{"detail": "Not Found"}'
-        else:
-            return 404, "text/plain", b"not found"
-        return 200, "application/json", json.dumps(body).encode()
-
-
-@pytest.fixture
-def serve() -> Iterator[Callable[[StubApi], str]]:
-    servers: list[ThreadingHTTPServer] = []
-
-    def start(api: StubApi) -> str:
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-                status, kind, payload = api.respond(self.path.split("?")[0])
-                self.send_response(status)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        return f"http://127.0.0.1:{server.server_address[1]}/dashboard"
-
-    yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
-
-
-def dump_dom(browser: str, url: str, profile: Path) -> str:
-    command = [
-        browser,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        f"--user-data-dir={profile}",
-        "--virtual-time-budget=5000",
-        "--dump-dom",
-        url,
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=90, check=False)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout
-
-
-class ById(HTMLParser):
-    """Text content and attributes of every element with an id; counts of SVG classes."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.text: dict[str, str] = {}
-        self.classes: Counter[str] = Counter()
-        self.paths: dict[str, str] = {}
-        self._open: list[str | None] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        a = dict(attrs)
-        for name in (a.get("class") or "").split():
-            self.classes[name] += 1
-            if tag == "path" and name.startswith("series-"):
-                self.paths[name] = a.get("d") or ""
-        element_id = a.get("id")
-        if element_id:
-            self.text.setdefault(element_id, "")
-        if tag not in ("line", "path", "br", "meta", "i", "input"):
-            self._open.append(element_id)
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag not in ("line", "path", "br", "meta", "i", "input") and self._open:
-            self._open.pop()
-
-    def handle_data(self, data: str) -> None:
-        for element_id in self._open:
-            if element_id:
-                self.text[element_id] += data
-
-
-def parse(dom: str) -> ById:
-    parser = ById()
-    parser.feed(dom)
-    return parser
+def page_catches_up(page: HeadlessPage, want: dict[str, Any]) -> dict[str, Any]:
+    """What the page shows once it matches `want`, or a failed comparison after a few polls."""
+    deadline = time.monotonic() + PAGE_CATCH_UP_S
+    shown = page.shown()
+    while shown != want and time.monotonic() < deadline:
+        time.sleep(0.25)
+        shown = page.shown()
+    assert shown == want
+    return shown
 
 
 @pytest.fixture
 def browser() -> str:
+    """Headless Chromium: skipped without it, failed in CI (tests/tools.py)."""
     return require_tool(*BROWSERS, install="headless Chromium; Debian: apt-get install chromium")
 
 
-def test_dashboard_shows_live_numbers_and_the_learning_curve(
-    browser: str, serve: Callable[[StubApi], str], tmp_path: Path
+def test_dashboard_shows_the_service_and_follows_new_versions(
+    browser: str, broker, topic, service_factory, tmp_path: Path
 ) -> None:
-    api = StubApi()
-    dom = dump_dom(browser, serve(api), tmp_path / "profile")
-    page = parse(dom)
-    # Polled more than once, and shows the newest answer.
-    assert api.requests["/model"] >= 2 and api.requests["/history"] >= 2, api.requests
-    assert page.text["version"].strip() == "42"
-    assert page.text["accuracy"].strip() == "0.7813"
-    assert page.text["accuracy-pct"].strip() == "78.1 %"
-    assert page.text["loss"].strip() == "0.4568"
-    assert page.text["samples"].strip() == "123,456"
-    assert page.text["checkpoint"].strip() == "v42"
-    assert page.text["total-lag"].strip() == "100"
-    assert page.text["lag-status"].strip() == "WARN"
-    rows = page.text["partitions"]
-    assert "susy-train:0" in rows and "susy-train:1" in rows and "61,828" in rows
-    # The curve: 120 history points plus the live one, a drift line in each panel,
-    # checkpoint marks on the accuracy panel.
-    for series in ("series-accuracy", "series-loss"):
-        assert len(re.findall(r"[ML]\d", page.paths[series])) == 121, series
-    assert page.classes["drift"] == 2
-    assert page.classes["checkpoint"] == 2
-    assert "1 drift event" in page.text["history-note"]
-    assert page.text["status"].startswith("live")
+    produce_synthetic(broker.bootstrap, topic, rows=2500, partitions=PARTITIONS, seed=1)
+    service = service_factory().start()
+    first = settled(service, 2500)
+
+    with HeadlessPage(browser, f"{service.url}/dashboard", tmp_path / "profile") as page:
+        shown = page_catches_up(page, expected(service))
+        assert shown["version"] == str(first["version"])
+        assert shown["curve_points"] >= 2 and shown["checkpoint_marks"] >= 1, shown
+        assert len(shown["partitions"]) == PARTITIONS
+
+        # The open page follows the service: more records, a new checkpoint version.
+        produce_synthetic(broker.bootstrap, topic, rows=1500, partitions=PARTITIONS, seed=2)
+        second = settled(service, 4000)
+        assert second["version"] > first["version"]
+        shown = page_catches_up(page, expected(service))
+        assert shown["version"] == str(second["version"]) and shown["samples"] == "4,000"
+        assert shown["partitions"][0][3] == "2,000", "log-end offset of partition 0"
 
 
-def test_dashboard_keeps_working_without_history(
-    browser: str, serve: Callable[[StubApi], str], tmp_path: Path
+def test_dashboard_of_a_predictor_without_a_checkpoint(
+    browser: str, service_factory, tmp_path: Path
 ) -> None:
-    api = StubApi(history_status=404)
-    page = parse(dump_dom(browser, serve(api), tmp_path / "profile"))
-    assert page.text["version"].strip() == "42"
-    assert page.text["accuracy"].strip() == "0.7813"
-    assert "cannot read history" in page.text["status"]
-    # The live point still draws.
-    assert len(re.findall(r"[ML]\d", page.paths["series-accuracy"])) == 1
+    """Nothing to show yet (no model, no history, no partitions): the page still works."""
+    predictor = service_factory(role="predictor").start(wait_ready=False)
+    wait_for(lambda: predictor.status("/healthz") == 200, 60, what="predictor alive")
+    assert predictor.status("/readyz") == 503
+
+    with HeadlessPage(browser, f"{predictor.url}/dashboard", tmp_path / "profile") as page:
+        wait_for(lambda: page.shown()["live"], PAGE_CATCH_UP_S, what="the page to poll")
+        shown = page.shown()
+    assert shown["version"] == "–" and shown["samples"] == "0", shown
+    assert shown["curve_points"] == 0 and shown["chart_note"] == "no history yet", shown
+    assert shown["partitions"] == [["no partitions assigned"]], shown
 
 
 def test_dashboard_is_self_contained() -> None:

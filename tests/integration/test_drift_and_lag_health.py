@@ -18,7 +18,7 @@ def test_drift_is_detected_near_the_change_and_reported(broker, topic, service_f
     flipped[before:] = 1 - flipped[before:]  # the concept changes: labels invert
     produce_pairs(broker.bootstrap, topic, encode_csv(x, flipped), partitions=1)
     service = service_factory(drift_policy="alert", checkpoint_interval_s=1).start()
-    model = service.wait_trained(before + after, timeout_s=180)
+    model = service.wait_trained(before + after, learn_s=180)
 
     points = model["drift"]["points"]
     assert points, "drift not detected"

@@ -15,7 +15,13 @@ from tests.support import consume_all, produce_pairs, produce_synthetic, wait_fo
 
 
 def test_kill_9_loop_learns_every_record_exactly_once(broker, topic, service_factory, tmp_path):
-    """kill -9 at random moments (fetch, training, checkpoint writes); final count exact."""
+    """kill -9 at random moments while learning (fetch, training, checkpoint writes); final
+    count exact.
+
+    Each round kills at a random point of its own backlog: after its process has learned
+    beyond what it restored (from the second round on, the restored checkpoint already holds
+    samples, and the group join comes first) and before it has caught up.
+    """
     total = 0
     rng = random.Random(7)
     for round_number in range(4):
@@ -23,11 +29,23 @@ def test_kill_9_loop_learns_every_record_exactly_once(broker, topic, service_fac
             broker.bootstrap, topic, rows=6000, partitions=3, seed=round_number
         )
         service = service_factory(batch_size=32, checkpoint_interval_s=0.2).start()
-        wait_for(lambda s=service: s.get("/model")["samples_trained"] > 0, 60, what="training")
-        time.sleep(rng.uniform(0.1, 1.5))
+        restored = service.get("/model")["samples_trained"]
+        # At most 60% into the backlog, so 2,400 records or more remain; the 50 ms poll
+        # overshot the target by 72-396 samples (measured), so the kill lands while learning.
+        target = restored + int(rng.uniform(0.05, 0.6) * (total - restored))
+        learned = wait_for(
+            lambda s=service, t=target: (n := s.get("/model")["samples_trained"]) >= t and n,
+            service.join_timeout_s + 60,
+            interval_s=0.05,
+            what=f"learning to {target} samples ({restored} restored)",
+        )
         service.kill()
+        assert restored < learned < total, (
+            f"round {round_number}: the kill must land while learning: restored {restored}, "
+            f"{learned} learned just before the kill, {total} in the topic"
+        )
     final = service_factory(batch_size=256).start()
-    model = final.wait_trained(total, timeout_s=180)
+    model = final.wait_trained(total, learn_s=180)
     assert model["samples_trained"] == total
     assert final.terminate() == 0
     # The newest checkpoint on disk says the same: offsets sum to every record in the topic.
@@ -128,7 +146,11 @@ def test_stream_timeout_ends_training_but_keeps_serving(broker, topic, service_f
 def test_sigterm_mid_stream_checkpoints_and_exits_zero(broker, topic, service_factory):
     produce_synthetic(broker.bootstrap, topic, rows=20_000, partitions=3)
     service = service_factory(batch_size=32, checkpoint_interval_s=60).start()
-    wait_for(lambda: service.get("/model")["samples_trained"] > 500, 60, what="training")
+    wait_for(
+        lambda: service.get("/model")["samples_trained"] > 500,
+        service.join_timeout_s + 60,
+        what="training",
+    )
     started = time.monotonic()
     assert service.terminate(timeout_s=30) == 0
     elapsed = time.monotonic() - started

@@ -8,7 +8,6 @@ value, its source position and the reason it was rejected for.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import Counter
 
@@ -22,7 +21,7 @@ from tests.reliability.corpus import (
     mixed,
 )
 from tests.reliability.probes import PoisonPill, metric
-from tests.support import consume_all, produce_pairs, wait_for
+from tests.support import consume_all, produce_pairs, wait_for, write_raw
 
 PARTITIONS = 4
 
@@ -42,7 +41,7 @@ def test_malformed_records_at_volume(broker, topic, spawn, message_format, good_
         max_record_bytes=MAX_RECORD_BYTES,
         batch_size=512,
     ).start()
-    service.wait_trained(good_rows, timeout_s=240)
+    service.wait_trained(good_rows, learn_s=240)
 
     dead = consume_all(broker.bootstrap, f"{topic}.dlq", expected=bad, timeout_s=60)
     positions = Counter(
@@ -72,21 +71,6 @@ def test_malformed_records_at_volume(broker, topic, spawn, message_format, good_
     assert '"trainer failed"' not in service.logs()
 
 
-async def _write_raw(bootstrap: str, topic: str, key: bytes | None, value: bytes | None) -> None:
-    """One record as is, even without key and value (aiokafka's send() refuses that)."""
-    from aiokafka import AIOKafkaProducer
-
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, max_request_size=4 * 1024 * 1024)
-    await producer.start()
-    try:
-        batch = producer.create_batch()
-        batch.append(key=key, value=value, timestamp=None)
-        batch.close()
-        await (await producer.send_batch(batch, topic, partition=0))
-    finally:
-        await producer.stop()
-
-
 @pytest.mark.parametrize(
     ("key", "value"),
     [
@@ -104,7 +88,7 @@ async def _write_raw(bootstrap: str, topic: str, key: bytes | None, value: bytes
 )
 def test_one_unwritable_dead_letter_does_not_stop_training(broker, topic, spawn, key, value):
     produce_pairs(broker.bootstrap, topic, good_pairs(200, "csv", seed=1), partitions=2)
-    asyncio.run(_write_raw(broker.bootstrap, topic, key, value))
+    write_raw(broker.bootstrap, topic, key, value)
     produce_pairs(broker.bootstrap, topic, good_pairs(200, "csv", seed=2), partitions=2)
     service = spawn().start()
 
@@ -124,7 +108,11 @@ def test_one_unwritable_dead_letter_does_not_stop_training(broker, topic, spawn,
             return model
         return None
 
-    model = wait_for(settled, 60, what="400 samples learned, or the trainer failed or stalled")
+    model = wait_for(
+        settled,
+        service.join_timeout_s + 45,
+        what="400 samples learned, or the trainer failed or stalled",
+    )
     if model["samples_trained"] != 400:
         raise PoisonPill(f"{model['samples_trained']} of 400 learned; trainer: {model['trainer']}")
     dead = consume_all(broker.bootstrap, f"{topic}.dlq", expected=1, timeout_s=20)

@@ -47,7 +47,7 @@ def _assert_served_throughout(service: ServiceProcess, pid: int, seen: list[Obse
 
 def _assert_recovered_exactly(service: ServiceProcess, total: int, partitions: int) -> None:
     """Learns every record once, commits them all, and reports Kafka connected again."""
-    model = service.wait_trained(total, timeout_s=180)
+    model = service.wait_trained(total, learn_s=180)
     assert model["samples_trained"] == total
     per_partition = total // partitions
     wait_for(
@@ -87,7 +87,7 @@ def _checkpoint_with_failed_commits(broker, spawn, topic, settings) -> ServicePr
     written_before = service.logs().count('"checkpoint written"')
     broker.proxy.fail_requests({OFFSET_COMMIT}, SERVICE_CLIENTS)
     produce_synthetic(broker.bootstrap, topic, rows=300, partitions=3, seed=3)
-    service.wait_trained(1200, timeout_s=60)
+    service.wait_trained(1200, learn_s=60)
     learned = {f"{topic}:{p}": 400 for p in range(3)}
     wait_for(
         lambda: service.get("/model")["checkpoint"]["offsets"] == learned,
@@ -110,7 +110,11 @@ def test_network_outage_keeps_serving_and_loses_nothing(faulty_broker, spawn, to
     broker = faulty_broker
     total = produce_synthetic(broker.bootstrap, topic, rows=3000, partitions=3)
     service = spawn(broker.advertised, batch_size=64, checkpoint_interval_s=0.5).start()
-    wait_for(lambda: service.get("/model")["samples_trained"] > 0, 60, what="training")
+    wait_for(
+        lambda: service.get("/model")["samples_trained"] > 0,
+        service.join_timeout_s + 30,
+        what="training",
+    )
     assert service.process is not None
     pid = service.process.pid
 
@@ -140,7 +144,11 @@ def test_frozen_broker_keeps_serving_and_loses_nothing(faulty_broker, spawn, top
     broker = faulty_broker
     total = produce_synthetic(broker.bootstrap, topic, rows=6000, partitions=3)
     service = spawn(broker.advertised, batch_size=64, checkpoint_interval_s=0.5).start()
-    wait_for(lambda: service.get("/model")["samples_trained"] > 0, 60, what="training")
+    wait_for(
+        lambda: service.get("/model")["samples_trained"] > 0,
+        service.join_timeout_s + 30,
+        what="training",
+    )
     assert service.process is not None
     pid = service.process.pid
 
@@ -188,7 +196,9 @@ def test_restart_resumes_at_the_checkpoint_not_at_the_commit(faulty_broker, spaw
 
     again = spawn(broker.advertised, checkpoint_interval_s=0.5).start()
     assert again.get("/model")["samples_trained"] == 1200, "restored the newest checkpoint"
-    wait_for(lambda: len(committed_and_positions(again)) == 3, 60, what="assignment")
+    wait_for(
+        lambda: len(committed_and_positions(again)) == 3, again.join_timeout_s, what="assignment"
+    )
     time.sleep(5)  # time to fetch and learn anything it would learn again
     learned = again.get("/model")["samples_trained"]
     if learned != 1200:

@@ -39,14 +39,14 @@ def _crash_loop(broker, topic, spawn, tmp_path, rounds: int, partitions: int, ro
         before = service.get("/model")["samples_trained"]
         wait_for(
             lambda s=service, b=before: s.get("/model")["samples_trained"] > b,
-            90,
+            service.join_timeout_s + 60,
             what="training",
         )
         time.sleep(rng.uniform(0.0, 1.5))
         service.kill()
 
     final = spawn(**settings).start()
-    model = final.wait_trained(good, timeout_s=300)
+    model = final.wait_trained(good, learn_s=300)
     assert model["samples_trained"] == good
     wait_for(
         lambda: sum(final.get("/model")["checkpoint"]["offsets"].values()) == produced,

@@ -81,21 +81,25 @@ def test_handover_back_and_forth_learns_each_record_once(broker, topic, spawn, t
     b = spawn(name="b", **settings).start()
     wait_for(
         lambda: _assigned(a) and _assigned(b) and not _assigned(a) & _assigned(b),
-        90,
+        b.join_timeout_s,
         what="A and B split the partitions",
     )
     stream = _Stream(broker.bootstrap, topic, chunks=8, rows=800, pause_s=0.5).start()
     wait_for(lambda: _learned(b) > 0 and _learned(a) > total, 90, what="both learning")
     assert a.terminate() == 0, "A leaves mid-stream"
     a_first_life = _final_samples(a, tmp_path / "a")
-    wait_for(lambda: len(_assigned(b)) == PARTITIONS, 90, what="B takes over every partition")
+    wait_for(
+        lambda: len(_assigned(b)) == PARTITIONS,
+        b.join_timeout_s,
+        what="B takes over every partition",
+    )
 
     total += stream.join()
     a_again = spawn(name="a", **settings).start()
     assert _learned(a_again) == a_first_life, "A resumes from its SIGTERM checkpoint"
     wait_for(
         lambda: _assigned(a_again) and not _assigned(a_again) & _assigned(b),
-        90,
+        a_again.join_timeout_s,
         what="A gets partitions back",
     )
     total += produce_synthetic(broker.bootstrap, topic, rows=1200, partitions=PARTITIONS, seed=9)
@@ -106,7 +110,12 @@ def test_handover_back_and_forth_learns_each_record_once(broker, topic, spawn, t
         rows = {**committed_and_positions(a_again), **committed_and_positions(b)}
         return len(rows) == PARTITIONS and all(c == p == per_partition for c, p in rows.values())
 
-    wait_for(settled, 120, what=f"every partition learned and committed at {per_partition}")
+    # B may still be rejoining after A took partitions back: a join, then the learning.
+    wait_for(
+        settled,
+        b.join_timeout_s + 60,
+        what=f"every partition learned and committed at {per_partition}",
+    )
     learned = {"A": _learned(a_again), "B": _learned(b)}
     assert sum(learned.values()) == total, (
         f"records learned by the two models {learned} != records produced {total}: "
@@ -150,7 +159,7 @@ def test_fallback_to_an_older_checkpoint_relearns_what_it_lost(broker, topic, sp
     assert 900 <= older < 1500
     assert sum(restored["checkpoint"]["offsets"].values()) == older
     try:
-        again.wait_trained(1500, timeout_s=10)
+        again.wait_trained(1500, learn_s=10)
     except AssertionError as exc:
         raise FallbackSkipsRecords(
             f"restored a checkpoint with {older} samples and never learned the records "
