@@ -4,8 +4,8 @@ The service runs as a child process on the real broker and learns records produc
 `produce_synthetic`. Chromium opens the page once and keeps it open; the test reads what the
 page shows over the DevTools protocol while it polls, compares it with the service's own
 /model, /lag and /history, and sees it follow a new checkpoint version. Needs the `chromium`
-binary (Debian/Ubuntu package `chromium`); skipped without it, failed in CI (tests/tools.py). The DevTools client is
-`websockets`, which `uvicorn[standard]` installs.
+binary (Debian/Ubuntu package `chromium`); skipped without it, failed in CI (tests/tools.py).
+The DevTools client is `websockets`, which `uvicorn[standard]` installs.
 """
 
 from __future__ import annotations
