@@ -59,14 +59,18 @@ async def log_bounds(
 ) -> dict[TopicPartition, LogBounds]:
     """Start and end of each partition's log, with a group-less consumer of its own.
 
-    Reassigns that consumer to `partitions`: give it no other work.
+    Assigns that consumer to `partitions` for the reading, and unassigns it afterwards: an
+    assigned consumer keeps prefetching every new record in the background.
     """
     if not partitions:
         return {}
     consumer.assign(list(partitions))
-    starts = await consumer.beginning_offsets(list(partitions))
-    listed = await consumer.end_offsets(list(partitions))
-    ends = await high_watermarks(consumer, partitions, listed, timeout_s)
+    try:
+        starts = await consumer.beginning_offsets(list(partitions))
+        listed = await consumer.end_offsets(list(partitions))
+        ends = await high_watermarks(consumer, partitions, listed, timeout_s)
+    finally:
+        consumer.unsubscribe()
     return {tp: LogBounds(int(starts[tp]), ends[tp]) for tp in partitions}
 
 
