@@ -11,9 +11,7 @@ writing through the same address.
 Kafka clients connect to the address a broker advertises, not to the bootstrap address, so a
 proxy only sits in the path if the broker advertises the proxy's port (`ProxiedBroker` below).
 
->>> with FaultProxy(("127.0.0.1", 9092)) as proxy:  # doctest: +SKIP
-...     proxy.cut()
-...     proxy.restore()
+Used as `with FaultProxy(("127.0.0.1", 9092)) as proxy: proxy.cut(); ...; proxy.restore()`.
 """
 
 from __future__ import annotations
