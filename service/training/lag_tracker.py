@@ -52,9 +52,13 @@ class LagTracker:
                 )
 
     def rows(self, consumer: AIOKafkaConsumer | None) -> list[dict[str, Any]]:
-        """Per assigned partition: committed offset, learned position, log end, lag, status."""
+        """Per assigned partition: committed offset, learned position, log end, lag, status.
+
+        Observes first, so a row's lag, status and lag in seconds describe the same position
+        (the loop observes at most every 0.25 s, and positions move in between)."""
         if consumer is None:
             return []
+        self.update(consumer)
         rows = []
         for tp in sorted(consumer.assignment()):
             highwater = consumer.highwater(tp)
