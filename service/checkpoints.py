@@ -26,6 +26,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 FILE_PATTERN = re.compile(r"^ckpt-(\d{10})\.npz$")
+TEMP_PATTERN = re.compile(r"^\..+\.(\d+)\.tmp$")  # `_write_atomically`'s names
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 
@@ -57,6 +58,18 @@ def offset_key(topic: str, partition: int) -> str:
 def parse_offset_key(key: str) -> tuple[str, int]:
     topic, _, partition = key.rpartition(":")
     return topic, int(partition)
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
 def _fsync_directory(path: Path) -> None:
@@ -169,6 +182,7 @@ class CheckpointStore:
     def save(self, checkpoint: Checkpoint) -> Path:
         """Write a checkpoint atomically, update the manifest, apply retention."""
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._remove_orphans()
         payload = _serialize(checkpoint)
         path = self.path_for(checkpoint.version)
         _write_atomically(path, payload)
@@ -198,6 +212,16 @@ class CheckpointStore:
             if version not in keep_versions and version < checkpoint.version:
                 self.path_for(version).unlink(missing_ok=True)
         return path
+
+    def _remove_orphans(self) -> None:
+        """Delete temporary files of writers that died mid-write (kill -9 before the rename);
+        a live writer's own are left alone (its pid is in the name)."""
+        for path in self.directory.glob(".*.tmp"):
+            match = TEMP_PATTERN.match(path.name)
+            if match is None or _process_alive(int(match.group(1))):
+                continue
+            path.unlink(missing_ok=True)
+            log.info("removed a temporary file of a dead writer", extra={"file": path.name})
 
     def load(self, version: int) -> Checkpoint:
         """Load one version, checking it against the manifest's checksum when listed."""

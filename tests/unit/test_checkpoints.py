@@ -287,3 +287,26 @@ def test_valid_file_not_matching_its_manifest_checksum_is_refused(
     with caplog.at_level(logging.WARNING, logger="service.checkpoints"):
         assert store.latest().version == 1  # type: ignore[union-attr]
     assert [getattr(r, "version", None) for r in caplog.records] == [2]
+
+
+def test_save_removes_temporary_files_of_dead_writers(tmp_path: Path) -> None:
+    """A writer killed between writing its temporary file and the rename leaves it behind;
+    the next save removes it, but never a live writer's."""
+    import os
+    import subprocess
+    import sys
+
+    store = CheckpointStore(tmp_path)
+    store.save(make_checkpoint(1))
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True
+    )
+    dead_pid = int(dead.stdout)
+    orphan = tmp_path / f".ckpt-0000000002.npz.{dead_pid}.tmp"
+    orphan.write_bytes(b"half a checkpoint")
+    live = tmp_path / f".manifest.json.{os.getppid()}.tmp"
+    live.write_bytes(b"{}")
+    store.save(make_checkpoint(2))
+    assert not orphan.exists()
+    assert live.exists(), "a live process's temporary file stays"
+    assert store.latest().version == 2
