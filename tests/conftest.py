@@ -1,4 +1,4 @@
-"""Fixtures: a real Kafka-protocol broker on a free loopback port, unique topics, services."""
+"""Fixtures: a real Kafka-protocol broker, a stand-in schema registry, unique topics, services."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from service.broker import EmbeddedBroker, free_port
+from tests.schema_registry import StandInSchemaRegistry
 from tests.support import ServiceProcess
 
 
@@ -50,3 +51,12 @@ def service_factory(
     yield make
     for service in started:
         service.stop()
+
+
+@pytest.fixture
+def schema_registry() -> Iterator[StandInSchemaRegistry]:
+    """A stand-in Confluent Schema Registry over HTTP on a free loopback port, empty."""
+    instance = StandInSchemaRegistry()
+    instance.start()
+    yield instance
+    instance.stop()
