@@ -51,9 +51,9 @@ def _arrays(records: list[SimpleNamespace]) -> tuple[np.ndarray, np.ndarray]:
 
 def in_memory_rate(x: np.ndarray, y: np.ndarray, batch_size: int) -> tuple[float, dict[str, Any]]:
     """records/s of Learner.learn over the arrays in batches (first, tracing call excluded)."""
-    from service.training.learner import Learner
+    from service.training.learner import builtin_learner
 
-    learner = Learner(x.shape[1])
+    learner = builtin_learner(x.shape[1])
     learner.learn(x[:batch_size], y[:batch_size])
     cpu = CpuWindow().start()
     started, cpu_started = time.perf_counter(), time.process_time()
@@ -68,7 +68,7 @@ def in_memory_rate(x: np.ndarray, y: np.ndarray, batch_size: int) -> tuple[float
 def components(records: list[SimpleNamespace], batch_size: int, batches: int) -> dict[str, Any]:
     """Milliseconds per batch of each step of the service's per-batch work, in this process."""
     from service.serving.snapshot import snapshot_from_learner
-    from service.training.learner import Learner
+    from service.training.learner import builtin_learner
 
     codec = Codec(18)
     chunks = [records[i : i + batch_size] for i in range(0, batches * batch_size, batch_size)]
@@ -76,7 +76,7 @@ def components(records: list[SimpleNamespace], batch_size: int, batches: int) ->
     started = time.perf_counter()
     decoded = [codec.decode(chunk) for chunk in chunks]
     decode_s = (time.perf_counter() - started) / len(chunks)
-    learner = Learner(18)
+    learner = builtin_learner(18)
     learner.learn(decoded[0].features, decoded[0].labels)
     started = time.perf_counter()
     for batch in decoded:

@@ -63,7 +63,10 @@ def _client_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from service.model.startup import check_model
+
     settings = _settings_from(args)
+    check_model(settings)
     return serve(settings)
 
 

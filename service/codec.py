@@ -1,8 +1,14 @@
-"""Codec: Kafka records to feature/label arrays, vectorized per batch; bad records are rejects.
+"""Codec: Kafka records to model inputs and labels, vectorized per batch; bad records are rejects.
 
-Two message formats (SPEC.md, Messages):
-- csv: key = label as text ("0"/"1"), value = `num_features` comma-separated decimals;
-- json: value = {"features": [...], "label": 0|1}, key unused.
+Message formats (SPEC.md, Messages; docs/RECORDS.md):
+- csv: key = label as text (a class name or index, or a decimal target for regression),
+  value = the features as comma-separated decimals, in feature order;
+- json: value = {"features": [...], "label": ...} (positional), or, with named features, a flat
+  object {"<feature>": value, ..., "<label field>": label}; key unused;
+- avro: the Confluent wire format, its schema from the Schema Registry, fields read by name as
+  for a flat JSON object.
+Labels are parsed by the task (`service.model.task.Task`); features by the model's inputs
+(`service.model.inputs.InputSpec`).
 
 A record that cannot be decoded is never trained on: it comes back as a `Reject` carrying
 the reason (the `reason` label of `streamfit_records_rejected_total`) and a readable detail,
@@ -19,6 +25,9 @@ from typing import Any, Protocol
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as arrow_csv
+
+from service.model.inputs import Batch, InputSpec, batch_rows, concat
+from service.model.task import LabelError, Task
 
 _JSON_NUMBERS = {int, float}
 _LABEL_KEYS = {b"0", b"1"}
@@ -43,6 +52,10 @@ REASONS = (
     "missing_key",
     "bad_label",
     "bad_json",
+    "missing_field",
+    "bad_type",
+    "unknown_class",
+    "unknown_schema",
 )
 
 
@@ -67,9 +80,10 @@ class Reject:
 
 @dataclass
 class DecodedBatch:
-    """Decoded features [n, num_features] float32, labels [n] float32, and the rejects."""
+    """Decoded model inputs (a float32 matrix [n, F], or one column per named input), labels
+    [n] float32 (a class index, or the target), and the rejects."""
 
-    features: np.ndarray
+    features: Batch
     labels: np.ndarray
     rejects: list[Reject] = field(default_factory=list)
 
@@ -78,15 +92,19 @@ class DecodedBatch:
 
     def extended(self, other: DecodedBatch) -> DecodedBatch:
         """This batch followed by `other` (rows, labels and rejects)."""
+        if not len(other):
+            return DecodedBatch(self.features, self.labels, [*self.rejects, *other.rejects])
+        if not len(self):
+            return DecodedBatch(other.features, other.labels, [*self.rejects, *other.rejects])
         return DecodedBatch(
-            np.concatenate([self.features, other.features]),
+            concat([self.features, other.features]),
             np.concatenate([self.labels, other.labels]),
             [*self.rejects, *other.rejects],
         )
 
 
 class Codec:
-    """Decodes batches of records of one message format and width.
+    """Decodes batches of records of one message format for one model's inputs and task.
 
     >>> from types import SimpleNamespace as R
     >>> batch = Codec(num_features=2).decode([R(topic="t", partition=0, offset=0,
@@ -96,24 +114,84 @@ class Codec:
     """
 
     def __init__(
-        self, num_features: int, message_format: str = "csv", max_record_bytes: int = 1_000_000
+        self,
+        num_features: int | None = None,
+        message_format: str = "csv",
+        max_record_bytes: int = 1_000_000,
+        *,
+        inputs: InputSpec | None = None,
+        task: Task | None = None,
+        label_field: str = "label",
+        avro: Any = None,
     ) -> None:
-        if message_format not in ("csv", "json"):
+        if message_format not in ("csv", "json", "avro"):
             raise ValueError(f"unknown message format {message_format!r}")
-        self.num_features = num_features
+        if inputs is None:
+            inputs = InputSpec.positional(num_features or 0)
+        if message_format == "avro" and avro is None:
+            raise ValueError("the avro format needs an AvroDecoder")
+        if message_format != "json" or not inputs.numeric:
+            if message_format == "csv" and not inputs.numeric:
+                raise ValueError(
+                    "CSV records are numeric: the model's string inputs need json or avro"
+                )
+        if message_format == "avro" and not inputs.has_names:
+            raise ValueError("Avro fields are read by name: set STREAMFIT_FEATURES")
+        self.inputs = inputs
+        self.task = task or Task()
+        self.num_features = inputs.width
         self.message_format = message_format
         self.max_record_bytes = max_record_bytes
+        self.label_field = label_field
+        self.avro = avro
+
+    @classmethod
+    def for_settings(cls, settings: Any, inputs: InputSpec, task: Task) -> Codec:
+        """The codec a service with these settings uses for a model with these inputs."""
+        avro = None
+        if settings.message_format == "avro":
+            from service.avro import AvroDecoder
+            from service.schema_registry import SchemaRegistry
+
+            avro = AvroDecoder(SchemaRegistry(settings.schema_registry_url))
+        return cls(
+            message_format=settings.message_format,
+            max_record_bytes=settings.max_record_bytes,
+            inputs=inputs,
+            task=task,
+            label_field=settings.label_field,
+            avro=avro,
+        )
 
     def decode(self, records: Sequence[Any]) -> DecodedBatch:
-        """Decode a batch; order of the good records is kept."""
+        """Decode a batch; order of the good records is kept. A Schema Registry that cannot
+        be reached raises `RegistryUnavailable` (the batch is retried, never dead-lettered)."""
         if self.message_format == "csv":
-            return self._decode_csv(records)
-        return self._decode_json(records)
+            batch = self._decode_csv(records)
+        elif self.message_format == "json":
+            batch = self._decode_json(records)
+        else:
+            batch = self._decode_avro(records)
+        if self.inputs.named and not isinstance(batch.features, dict):
+            batch.features = self.inputs.from_matrix(batch.features)
+        return batch
 
     def _empty(self, rejects: list[Reject]) -> DecodedBatch:
         return DecodedBatch(
             np.empty((0, self.num_features), np.float32), np.empty((0,), np.float32), rejects
         )
+
+    def _label(self, record: Any, value: Any, positional: bool = False) -> float | Reject:
+        if positional and self.task.is_default_binary:
+            # The tutorial's records: 0 or 1 as a JSON number, nothing else (no names, no
+            # booleans), as before named records existed.
+            if value in (0, 1) and not isinstance(value, bool):
+                return float(value)
+            return Reject(record, "bad_label", f"label {value!r:.32} is not 0 or 1")
+        label = self.task.label(value)
+        if isinstance(label, LabelError):
+            return Reject(record, label.reason, label.detail)
+        return label
 
     def _precheck(self, record: Any) -> Reject | None:
         value = record.value
@@ -128,30 +206,37 @@ class Codec:
         return None
 
     def _decode_csv(self, records: Sequence[Any]) -> DecodedBatch:
-        clean = self._decode_clean_csv(records)
+        clean = self._decode_clean_csv(records) if self.task.is_default_binary else None
         if clean is not None:
             return clean
         rejects: list[Reject] = []
         good: list[Any] = []
         labels: list[float] = []
         commas = self.num_features - 1
+        default_binary = self.task.is_default_binary
         for record in records:
             reject = self._precheck(record)
+            label = 0.0
             if reject is None:
                 key = record.key
                 if key is None:
                     reject = Reject(record, "missing_key", "key (the label) is missing")
-                elif key == b"1" or key == b"0":
-                    if record.value.count(b",") != commas:
-                        width = record.value.count(b",") + 1
-                        reject = Reject(
-                            record, "width", f"{width} values, expected {self.num_features}"
-                        )
-                else:
+                elif default_binary and key not in _LABEL_KEYS:
                     reject = Reject(record, "bad_label", f"label {key[:32]!r} is not 0 or 1")
+                else:
+                    parsed = self.task.key_label(key)
+                    if isinstance(parsed, LabelError):
+                        reject = Reject(record, parsed.reason, parsed.detail)
+                    else:
+                        label = parsed
+                if reject is None and record.value.count(b",") != commas:
+                    width = record.value.count(b",") + 1
+                    reject = Reject(
+                        record, "width", f"{width} values, expected {self.num_features}"
+                    )
             if reject is None:
                 good.append(record)
-                labels.append(1.0 if record.key == b"1" else 0.0)
+                labels.append(label)
             else:
                 rejects.append(reject)
         if not good:
@@ -216,6 +301,7 @@ class Codec:
         good: list[Any] = []
         rows: list[list[Any]] = []
         labels: list[float] = []
+        named: list[tuple[Any, dict[str, Any]]] = []  # flat objects, decoded by name
         for record in records:
             reject = self._precheck(record)
             if reject is not None:
@@ -229,14 +315,21 @@ class Codec:
             except ValueError as exc:
                 rejects.append(Reject(record, "bad_json", f"invalid JSON: {exc}"[:200]))
                 continue
-            if not isinstance(message, dict) or not isinstance(message.get("features"), list):
-                rejects.append(
-                    Reject(record, "bad_json", 'expected {"features": [...], "label": 0|1}')
-                )
+            if not isinstance(message, dict):
+                rejects.append(Reject(record, "bad_json", self._json_shape()))
                 continue
-            label = message.get("label")
-            if label not in (0, 1) or isinstance(label, bool):
-                rejects.append(Reject(record, "bad_label", f"label {label!r:.32} is not 0 or 1"))
+            if not isinstance(message.get("features"), list):
+                if self.inputs.has_names and "features" not in message:
+                    if good:  # positional rows earlier in this batch: they go the named way too
+                        named.extend(self._as_objects(good, rows, labels))
+                        good, rows, labels = [], [], []
+                    named.append((record, message))
+                else:
+                    rejects.append(Reject(record, "bad_json", self._json_shape()))
+                continue
+            label = self._label(record, message.get("label"), positional=True)
+            if isinstance(label, Reject):
+                rejects.append(label)
                 continue
             row = message["features"]
             if len(row) != self.num_features:
@@ -244,12 +337,58 @@ class Codec:
                     Reject(record, "width", f"{len(row)} values, expected {self.num_features}")
                 )
                 continue
+            if not self.inputs.numeric or named:
+                # Strings among the features, or named records earlier in this batch: every
+                # row goes the named way, so the good rows keep the records' order.
+                named.append(
+                    (
+                        record,
+                        {
+                            **dict(zip(self.inputs.names, row, strict=True)),
+                            self.label_field: message["label"],
+                        },
+                    )
+                )
+                continue
             if not set(map(type, row)) <= _JSON_NUMBERS:
                 rejects.append(Reject(record, "non_numeric", "features must be JSON numbers"))
                 continue
             good.append(record)
             rows.append(row)
-            labels.append(float(label))
+            labels.append(label)
+        if not named:
+            return self._positional_rows(good, rows, labels, rejects)
+        objects = self._decode_objects(named)
+        objects.rejects[:0] = rejects
+        return objects
+
+    def _as_objects(
+        self, good: list[Any], rows: list[list[Any]], labels: list[float]
+    ) -> list[tuple[Any, dict[str, Any]]]:
+        index_labels = {"binary", "multiclass"}
+        return [
+            (
+                record,
+                {
+                    **dict(zip(self.inputs.names, row, strict=True)),
+                    self.label_field: int(label) if self.task.kind in index_labels else label,
+                },
+            )
+            for record, row, label in zip(good, rows, labels, strict=True)
+        ]
+
+    def _json_shape(self) -> str:
+        if self.inputs.has_names:
+            names = ", ".join(f'"{n}": ...' for n in self.inputs.names[:3])
+            return (
+                f'expected {{{names}, "{self.label_field}": ...}} '
+                'or {"features": [...], "label": ...}'
+            )
+        return 'expected {"features": [...], "label": ...}'
+
+    def _positional_rows(
+        self, good: list[Any], rows: list[list[Any]], labels: list[float], rejects: list[Reject]
+    ) -> DecodedBatch:
         if not good:
             return self._empty(rejects)
         try:
@@ -265,6 +404,62 @@ class Codec:
                 except OverflowError:
                     rejects.append(Reject(good[index], "non_finite", "number beyond float64 range"))
         return self._finish(good, features, keep, labels, rejects)
+
+    def _decode_avro(self, records: Sequence[Any]) -> DecodedBatch:
+        from service.avro import AvroReject
+
+        rejects: list[Reject] = []
+        named: list[tuple[Any, dict[str, Any]]] = []
+        for record in records:
+            value = record.value
+            if not value:
+                rejects.append(Reject(record, "empty", "record value is empty"))
+                continue
+            if len(value) > self.max_record_bytes:
+                rejects.append(
+                    Reject(
+                        record,
+                        "oversize",
+                        f"value is {len(value)} bytes, limit {self.max_record_bytes}",
+                    )
+                )
+                continue
+            try:
+                named.append((record, self.avro.decode(value)))
+            except AvroReject as exc:
+                rejects.append(Reject(record, exc.reason, exc.detail))
+        objects = self._decode_objects(named)
+        objects.rejects[:0] = rejects
+        return objects
+
+    def _decode_objects(self, named: list[tuple[Any, dict[str, Any]]]) -> DecodedBatch:
+        """Flat objects (named JSON, Avro): the label field by the task, the features by name."""
+        rejects: list[Reject] = []
+        records: list[Any] = []
+        objects: list[dict[str, Any]] = []
+        labels: list[float] = []
+        for record, message in named:
+            if message.get(self.label_field) is None:
+                rejects.append(
+                    Reject(record, "missing_field", f"field {self.label_field!r} is missing")
+                )
+                continue
+            label = self._label(record, message[self.label_field])
+            if isinstance(label, Reject):
+                rejects.append(label)
+                continue
+            records.append(record)
+            objects.append(message)
+            labels.append(label)
+        if not objects:
+            return self._empty(rejects)
+        features, errors = self.inputs.from_objects(objects)
+        for index, (reason, detail) in sorted(errors.items()):
+            rejects.append(Reject(records[index], reason, detail))
+        kept = np.asarray([label for i, label in enumerate(labels) if i not in errors], np.float32)
+        if not batch_rows(features) and not self.inputs.named:
+            return self._empty(rejects)
+        return DecodedBatch(features, kept, rejects)
 
     def _finish(
         self,

@@ -18,13 +18,21 @@ from typing import Any
 import numpy as np
 
 from service.codec import DecodedBatch, Reject
+from service.model.task import LabelError, Task
 
 
 class PendingPredictions:
     """Rows served per request id, oldest first; bounded by `capacity_rows` and `ttl_s`."""
 
-    def __init__(self, num_features: int, capacity_rows: int = 100_000, ttl_s: float = 3600.0):
+    def __init__(
+        self,
+        num_features: int,
+        capacity_rows: int = 100_000,
+        ttl_s: float = 3600.0,
+        task: Task | None = None,
+    ):
         self.num_features = num_features
+        self.task = task or Task()
         self.capacity_rows = capacity_rows
         self.ttl_s = ttl_s
         self._rows = 0
@@ -73,8 +81,19 @@ class PendingPredictions:
             except ValueError:
                 parsed = None
             values = parsed if isinstance(parsed, list) else [parsed]
-            if not all(v in (0, 1) and not isinstance(v, bool) for v in values):
-                rejects.append(Reject(record, "bad_label", "labels must be 0/1 or a list of 0/1"))
+            if self.task.is_default_binary:
+                labels_or_errors = [
+                    float(v)
+                    if v in (0, 1) and not isinstance(v, bool)
+                    else LabelError("bad_label", "")
+                    for v in values
+                ]
+            else:
+                labels_or_errors = [self.task.label(v) for v in values]
+            error = next((e for e in labels_or_errors if isinstance(e, LabelError)), None)
+            if error is not None:
+                detail = error.detail or "labels must be 0/1 or a list of 0/1"
+                rejects.append(Reject(record, error.reason, detail))
                 continue
             if len(values) != rows.shape[0]:
                 rejects.append(
@@ -82,7 +101,7 @@ class PendingPredictions:
                 )
                 continue
             features.append(rows)
-            labels.append(np.asarray(values, dtype=np.float32))
+            labels.append(np.asarray(labels_or_errors, dtype=np.float32))
             used.append(request_id)
         if not features:
             empty = np.empty((0, self.num_features), np.float32)

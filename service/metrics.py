@@ -19,6 +19,22 @@ PREQUENTIAL_ACCURACY = Gauge(
 PREQUENTIAL_LOSS = Gauge(
     "streamfit_prequential_loss", "Test-then-train log-loss over the recent window"
 )
+PREQUENTIAL_MAE = Gauge(
+    "streamfit_prequential_mae", "Test-then-train mean absolute error over the recent window"
+)
+PREQUENTIAL_RMSE = Gauge(
+    "streamfit_prequential_rmse", "Test-then-train root mean squared error over the recent window"
+)
+PREQUENTIAL = {
+    "accuracy": PREQUENTIAL_ACCURACY,
+    "loss": PREQUENTIAL_LOSS,
+    "mae": PREQUENTIAL_MAE,
+    "rmse": PREQUENTIAL_RMSE,
+}
+SCHEMA_REGISTRY_UP = Gauge(
+    "streamfit_schema_registry_up",
+    "1 when the Schema Registry answered the last schema lookup (Avro records), 0 when not",
+)
 TRAIN_LOSS = Gauge("streamfit_train_loss", "Training loss of the last mini-batch")
 CONSUMER_LAG = Gauge(
     "streamfit_consumer_lag", "Records in the partition not yet learned", ["topic", "partition"]

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-EPSILON = 1e-7
+from service.model.task import EPSILON, Task
 
 
 def log_losses(probabilities: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -78,24 +78,28 @@ class RunningStandardizer:
 
 
 class PrequentialWindow:
-    """Accuracy and log-loss of test-then-train predictions over the last `window` samples."""
+    """The task's two prequential metrics over the last `window` test-then-train samples:
+    accuracy and log-loss (classification), or MAE and RMSE (regression). Each batch is kept
+    as its size and two sums (`Task.batch_totals`)."""
 
-    def __init__(self, window: int = 10_000) -> None:
+    def __init__(self, window: int = 10_000, task: Task | None = None) -> None:
         self.window = window
+        self.task = task or Task()
         self._batches: deque[tuple[int, float, float]] = deque()
         self._count = 0
         self._correct = 0.0
         self._loss = 0.0
 
-    def add(self, probabilities: np.ndarray, labels: np.ndarray) -> None:
+    def add(self, outputs: np.ndarray, labels: np.ndarray) -> None:
+        """Add a batch of model outputs [n, K] (or binary probabilities [n]) and labels."""
         n = int(labels.shape[0])
         if n == 0:
             return
-        correct = float(((probabilities >= 0.5) == (labels >= 0.5)).sum())
-        self.add_totals(n, correct, float(log_losses(probabilities, labels).sum()))
+        out = np.asarray(outputs)
+        self.add_totals(n, *self.task.batch_totals(out.reshape(n, -1), labels))
 
     def add_totals(self, n: int, correct: float, loss: float) -> None:
-        """Add a batch by its size, number correct and summed log-loss (as `add` computes)."""
+        """Add a batch by its size and its two sums (as `Task.batch_totals` computes them)."""
         if n == 0:
             return
         self._batches.append((n, correct, loss))
@@ -109,18 +113,26 @@ class PrequentialWindow:
             self._loss -= old_loss
 
     @property
+    def count(self) -> int:
+        return self._count
+
+    def metrics(self) -> dict[str, float | None]:
+        """The task's two metrics by name (`accuracy`/`loss`, or `mae`/`rmse`)."""
+        return self.task.summary(self._count, self._correct, self._loss)
+
+    @property
     def accuracy(self) -> float | None:
-        return self._correct / self._count if self._count else None
+        return self.metrics().get("accuracy")
 
     @property
     def loss(self) -> float | None:
-        return self._loss / self._count if self._count else None
+        return self.metrics().get("loss")
 
     def state(self) -> list[list[float]]:
         return [list(b) for b in self._batches]
 
     def restore(self, state: list[list[float]]) -> None:
-        self.__init__(self.window)  # type: ignore[misc]
+        self.__init__(self.window, self.task)  # type: ignore[misc]
         for n, correct, loss in state:
             self._batches.append((int(n), correct, loss))
             self._count += int(n)
@@ -131,7 +143,8 @@ class PrequentialWindow:
 class LearningHistory:
     """Prequential accuracy and loss sampled along the stream, kept with the checkpoints.
 
-    One point every `every` samples: {"samples", "accuracy", "loss", "time"}; events (drift,
+    One point every `every` samples: {"samples", <the task's two metrics>, "time"} (accuracy
+    and loss, or mae and rmse); events (drift,
     checkpoint versions, rollbacks) as {"samples", "kind", ...}. When points exceed
     `max_points` every other one is dropped and `every` doubles, so the curve keeps its
     shape over any stream length in bounded memory.
@@ -140,21 +153,14 @@ class LearningHistory:
     def __init__(self, every: int = 1000, max_points: int = 2000) -> None:
         self.every = every
         self.max_points = max_points
-        self.points: list[dict[str, float]] = []
+        self.points: list[dict[str, float | None]] = []
         self.events: list[dict[str, Any]] = []
         self._next = every
 
     def observe(self, samples: int, window: PrequentialWindow) -> None:
-        if samples < self._next or window.accuracy is None:
+        if samples < self._next or not window.count:
             return
-        self.points.append(
-            {
-                "samples": samples,
-                "accuracy": window.accuracy,
-                "loss": window.loss or 0.0,
-                "time": time.time(),
-            }
-        )
+        self.points.append({"samples": samples, **window.metrics(), "time": time.time()})
         self._next = (samples // self.every + 1) * self.every
         if len(self.points) > self.max_points:
             self.points = self.points[1::2]
@@ -173,6 +179,6 @@ class LearningHistory:
         history = cls(every=int(state.get("every", 1000)))
         history.points = list(state.get("points", []))
         history.events = list(state.get("events", []))
-        last = history.points[-1]["samples"] if history.points else 0
+        last = history.points[-1]["samples"] or 0 if history.points else 0
         history._next = (int(last) // history.every + 1) * history.every
         return history

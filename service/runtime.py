@@ -13,6 +13,8 @@ from service import metrics
 from service.checkpoints import CheckpointStore
 from service.feedback import PendingPredictions
 from service.loopwatch import LoopWatch
+from service.model.inputs import declared_inputs
+from service.model.task import Task
 from service.serving.batcher import MicroBatcher
 from service.serving.dataplane import DataPlane
 from service.serving.follower import CheckpointFollower
@@ -33,7 +35,10 @@ class Runtime:
         self.started_at = time.time()
         pending = (
             PendingPredictions(
-                settings.num_features, settings.feedback_capacity, settings.feedback_ttl_s
+                declared_inputs(settings).width,
+                settings.feedback_capacity,
+                settings.feedback_ttl_s,
+                Task.of(settings),
             )
             if settings.labels_topic and settings.role != "predictor"
             else None

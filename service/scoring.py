@@ -44,6 +44,8 @@ from service.kafka.commits import commit_offsets
 from service.kafka.dead_letters import OutgoingMessage, dead_letter, send_messages
 from service.kafka.reading import BoundedRead, ReadStalled
 from service.kafka.topics import ensure_topic, topic_partitions
+from service.model.inputs import Batch, concat
+from service.model.task import Task
 from service.online_stats import log_losses
 from service.serving.snapshot import (
     ACTIVATIONS,
@@ -127,18 +129,30 @@ def evaluate(probabilities: np.ndarray, labels: np.ndarray) -> Evaluation | None
 # -- the model and the records ---------------------------------------------------------------
 
 
-def predict_rowwise(snapshot: ModelSnapshot, x: np.ndarray) -> np.ndarray:
-    """The snapshot's probabilities, each row multiplied on its own (stacked 1-row matmuls).
+def predict_rowwise(snapshot: ModelSnapshot, x: Batch) -> np.ndarray:
+    """The snapshot's outputs [n, K], each row multiplied on its own (stacked 1-row matmuls).
 
     Gives bit-identical results for a row whatever rows share its batch, which a BLAS product
-    of the whole batch does not (measured: last-bit differences), at ~10 us per row.
+    of the whole batch does not (measured: last-bit differences), at ~10 us per row. Only a
+    Dense-only model has this path; any other model is run by Keras on the whole batch (its
+    values may differ in the last bits between replays).
     """
-    # Standardized in float64 as `ModelSnapshot.predict` does; then float32 like its layers.
-    h = ((np.asarray(x, dtype=np.float64) - snapshot.mean) / snapshot.std).astype(np.float32)
+    if not snapshot.layers:
+        return snapshot.outputs(x)
+    h = np.asarray(x, dtype=np.float32)
+    if snapshot.standardizes:
+        # Standardized in float64 as `ModelSnapshot.outputs` does; then float32 like its layers.
+        h = ((np.asarray(x, dtype=np.float64) - snapshot.mean) / snapshot.std).astype(np.float32)
     h = h[:, None, :]
     for layer in snapshot.layers:
-        h = ACTIVATIONS[layer.activation](np.matmul(h, layer.kernel) + layer.bias)
-    return np.asarray(h[:, 0, 0])
+        h = _rowwise(layer.activation)(np.matmul(h, layer.kernel) + layer.bias)
+    return np.asarray(h[:, 0, :])
+
+
+def _rowwise(activation: str) -> Any:
+    if activation != "softmax":
+        return ACTIVATIONS[activation]
+    return lambda h: ACTIVATIONS["softmax"](h[:, 0, :])[:, None, :]
 
 
 @dataclass(frozen=True)
@@ -152,20 +166,25 @@ class _StandIn:
     value: bytes | None
 
 
-def _placeholder(reject: Reject, message_format: str) -> _StandIn | None:
+def _placeholder(reject: Reject, codec: Codec) -> _StandIn | None:
     """A stand-in if the record was rejected only for lacking a label, else None."""
     record = reject.record
-    if message_format == "csv":
+    if codec.message_format == "csv":
         if reject.reason != "missing_key":
             return None
-        value = record.value
-    else:
-        if reject.reason != "bad_label":
-            return None
-        message = json.loads(record.value)  # it parsed once already
+        return _StandIn(record.topic, record.partition, record.offset, b"0", record.value)
+    if codec.message_format != "json" or reject.reason not in ("bad_label", "missing_field"):
+        return None
+    message = json.loads(record.value)  # it parsed once already
+    placeholder: Any = 0 if codec.task.kind != "regression" else 0.0
+    if isinstance(message.get("features"), list):
         if message.get("label") is not None:
             return None
-        value = json.dumps({"features": message["features"], "label": 0}).encode()
+        value = json.dumps({"features": message["features"], "label": placeholder}).encode()
+    else:
+        if message.get(codec.label_field) is not None:
+            return None
+        value = json.dumps({**message, codec.label_field: placeholder}).encode()
     return _StandIn(record.topic, record.partition, record.offset, b"0", value)
 
 
@@ -174,7 +193,7 @@ class ScorableBatch:
     """Records to score with their features and labels (NaN: unlabelled), and the rejects."""
 
     records: list[Any]
-    features: np.ndarray
+    features: Batch
     labels: np.ndarray
     rejects: list[Reject]
 
@@ -190,7 +209,7 @@ def decode_for_scoring(codec: Codec, records: Sequence[Any]) -> ScorableBatch:
     originals: dict[int, Any] = {}
     stand_ins: list[_StandIn] = []
     for reject in decoded.rejects:
-        stand_in = _placeholder(reject, codec.message_format)
+        stand_in = _placeholder(reject, codec)
         if stand_in is None:
             rejects.append(reject)
         else:
@@ -207,7 +226,7 @@ def decode_for_scoring(codec: Codec, records: Sequence[Any]) -> ScorableBatch:
     labels = np.concatenate(
         [decoded.labels, np.full(len(unlabelled_records), np.nan, dtype=np.float32)]
     )
-    return ScorableBatch(labelled + unlabelled_records, np.concatenate(features), labels, rejects)
+    return ScorableBatch(labelled + unlabelled_records, concat(features), labels, rejects)
 
 
 def prediction_key(record: Any) -> bytes:
@@ -215,16 +234,47 @@ def prediction_key(record: Any) -> bytes:
     return f"{record.topic}/{record.partition}/{record.offset}".encode()
 
 
-def prediction_value(probability: float, label: float, model_version: int) -> bytes:
-    """`{"probability": p, "label": 0|1|null, "model_version": V}`, byte-stable."""
-    return json.dumps(
-        {
-            "probability": float(probability),
-            "label": None if math.isnan(label) else int(label),
-            "model_version": model_version,
-        },
-        separators=(",", ":"),
-    ).encode()
+def prediction_value(
+    outputs: Any, label: float, model_version: int, task: Task | None = None
+) -> bytes:
+    """The task's prediction of one record, its label (null: unlabelled) and the model version,
+    byte-stable: `{"probability": p, ...}` (binary), `{"probabilities": [...], "class": name,
+    ...}` (multiclass), `{"prediction": v, ...}` (regression)."""
+    task = task or Task()
+    row = np.atleast_1d(np.asarray(outputs, dtype=np.float64))
+    known = not math.isnan(label)
+    body: dict[str, Any]
+    if task.kind == "binary":
+        body = {"probability": float(row[0]), "label": int(label) if known else None}
+    elif task.kind == "multiclass":
+        body = {
+            "probabilities": row.tolist(),
+            "class": task.classes[int(row.argmax())],
+            "label": task.classes[int(label)] if known else None,
+        }
+    else:
+        body = {"prediction": float(row[0]), "label": float(label) if known else None}
+    body["model_version"] = model_version
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def evaluate_task(task: Task, outputs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Metrics of a multiclass or regression task: accuracy and log-loss, or MAE, RMSE, R².
+
+    >>> evaluate_task(Task("regression", ()), np.array([[1.0], [3.0]]), np.array([2.0, 3.0]))
+    {'mae': 0.5, 'rmse': 0.7071067811865476, 'r2': -1.0}
+    """
+    if task.classification:
+        correct, loss = task.batch_totals(outputs, labels)
+        return {"accuracy": correct / len(labels), "log_loss": loss / len(labels)}
+    error = outputs[:, 0].astype(np.float64) - labels
+    spread = float(((labels - labels.mean()) ** 2).sum())
+    r2 = 1.0 - float((error**2).sum()) / spread if spread > 0 else float("nan")
+    return {
+        "mae": float(np.abs(error).mean()),
+        "rmse": float(np.sqrt((error**2).mean())),
+        "r2": r2,
+    }
 
 
 # -- output: transactional or idempotent -----------------------------------------------------
@@ -377,6 +427,8 @@ class ScoreReport:
     unlabelled: int
     rejected: dict[str, int]
     evaluation: Evaluation | None
+    task: str = "binary"
+    task_metrics: dict[str, float] | None = None  # multiclass and regression
 
 
 class Scorer:
@@ -405,10 +457,8 @@ class Scorer:
         self.progress = progress
         self.after_write = after_write
         self.timeout_s = timeout_s
-        self.codec = Codec(
-            settings.num_features, settings.message_format, settings.max_record_bytes
-        )
-        self._probabilities: list[np.ndarray] = []
+        self.codec: Codec | None = None  # for the checkpoint's model, once loaded
+        self._outputs: list[np.ndarray] = []
         self._labels: list[np.ndarray] = []
         self._rejected: Counter[str] = Counter()
         self._scored = 0
@@ -427,11 +477,16 @@ class Scorer:
             snapshot = snapshot_from_checkpoint(checkpoint)
         except SnapshotError as exc:
             raise ScoringError(str(exc)) from exc
-        if snapshot.num_features != self.settings.num_features:
+        explicit = "num_features" in self.settings.model_fields_set
+        if explicit and snapshot.num_features != self.settings.num_features:
             raise ScoringError(
                 f"checkpoint {checkpoint.version} takes {snapshot.num_features} features, "
                 f"STREAMFIT_NUM_FEATURES is {self.settings.num_features}"
             )
+        try:
+            self.codec = Codec.for_settings(self.settings, snapshot.input_spec, snapshot.task)
+        except ValueError as exc:
+            raise ScoringError(f"checkpoint {checkpoint.version}'s model: {exc}") from None
         return snapshot
 
     async def run(self) -> ScoreReport:
@@ -467,8 +522,9 @@ class Scorer:
         finally:
             await consumer.stop()
             await output.stop()
-        probabilities = np.concatenate(self._probabilities) if self._probabilities else np.empty(0)
+        outputs = np.concatenate(self._outputs) if self._outputs else np.empty((0, 1))
         labels = np.concatenate(self._labels) if self._labels else np.empty(0)
+        task = snapshot.task
         return ScoreReport(
             topic=self.topic,
             group_id=self.group_id,
@@ -479,7 +535,11 @@ class Scorer:
             scored=self._scored,
             unlabelled=self._unlabelled,
             rejected=dict(self._rejected),
-            evaluation=evaluate(probabilities, labels),
+            evaluation=evaluate(outputs[:, 0], labels) if task.kind == "binary" else None,
+            task=task.kind,
+            task_metrics=evaluate_task(task, outputs, labels)
+            if task.kind != "binary" and len(labels)
+            else None,
         )
 
     async def _ensure_output_topic(self, options: dict[str, Any], partitions: int) -> None:
@@ -528,22 +588,27 @@ class Scorer:
         records: list[Any],
         offsets: dict[TopicPartition, int],
     ) -> None:
+        assert self.codec is not None
         batch = decode_for_scoring(self.codec, records)
-        probabilities = predict_rowwise(snapshot, batch.features)
+        outputs = (
+            predict_rowwise(snapshot, batch.features)
+            if len(batch.records)
+            else np.empty((0, snapshot.task.outputs))
+        )
         messages = [
             OutgoingMessage(
                 self.output_topic,
                 prediction_key(record),
-                prediction_value(p, label, snapshot.version),
+                prediction_value(row, label, snapshot.version, snapshot.task),
             )
-            for record, p, label in zip(
-                batch.records, probabilities.tolist(), batch.labels.tolist(), strict=True
+            for record, row, label in zip(
+                batch.records, outputs, batch.labels.tolist(), strict=True
             )
         ]
         messages.extend(dead_letter(reject, self.dead_letter_topic) for reject in batch.rejects)
         await output.publish(consumer, messages, offsets)
         labelled = ~np.isnan(batch.labels)
-        self._probabilities.append(probabilities[labelled])
+        self._outputs.append(outputs[labelled])
         self._labels.append(batch.labels[labelled])
         self._scored += len(batch.records)
         self._unlabelled += int((~labelled).sum())
@@ -571,6 +636,12 @@ def format_score_report(report: ScoreReport) -> str:
         + (f" ({reasons})" if reasons else "")
         + f"; unlabelled {report.unlabelled}",
     ]
+    if report.task_metrics is not None:
+        lines.append(
+            f"labelled {report.scored - report.unlabelled} ({report.task}): "
+            + "  ".join(f"{name} {value:.4f}" for name, value in report.task_metrics.items())
+        )
+        return "\n".join(lines)
     e = report.evaluation
     if e is None:
         lines.append("no labelled records scored: no metrics")

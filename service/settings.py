@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # Fault hooks: environment variables the test suite sets to make a process fail on purpose at
 # one moment. They are not settings (no flag, nothing in Settings) and do nothing unless set.
@@ -36,7 +36,14 @@ class Settings(BaseSettings):
     batch_size: int = Field(256, ge=1, le=65536)
     stream_timeout_ms: int = Field(-1, ge=-1)
     num_features: int = Field(18, ge=1, le=100_000)
-    message_format: Literal["csv", "json"] = "csv"
+    message_format: Literal["csv", "json", "avro"] = "csv"
+    schema_registry_url: str | None = Field(None, min_length=1, repr=False)
+    features: Annotated[tuple[str, ...], NoDecode] = ()
+    label_field: str = Field("label", min_length=1)
+    task: Literal["binary", "multiclass", "regression"] = "binary"
+    classes: Annotated[tuple[str, ...], NoDecode] = ()
+    num_classes: int | None = Field(None, ge=2, le=100_000)
+    standardize: Literal["auto", "on", "off"] = "auto"
     dlq_topic: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]+$")
     max_record_bytes: int = Field(1_000_000, ge=64)
     labels_topic: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]+$")
@@ -46,6 +53,7 @@ class Settings(BaseSettings):
     checkpoint_interval_s: float = Field(30.0, gt=0)
     checkpoint_keep: int = Field(5, ge=1)
     model_name: str = Field("susy", min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
+    model: str = Field("mlp", min_length=1)
     model_arch: Literal["mlp", "linear"] = "mlp"
     learning_rate: float = Field(1e-3, gt=0)
     seed: int = 0
@@ -66,6 +74,45 @@ class Settings(BaseSettings):
     sasl_username: str | None = None
     sasl_password: str | None = Field(None, repr=False)
     ssl_cafile: Path | None = None
+
+    @field_validator("features", "classes", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        """`a,b,c` (environment, flags) as a tuple of names; blanks are not names."""
+        if isinstance(value, str):
+            names = tuple(name.strip() for name in value.split(","))
+            if "" in names:
+                raise ValueError(f"empty name in {value!r}")
+            return names if value.strip() else ()
+        return value
+
+    @model_validator(mode="after")
+    def _model_forms_agree(self) -> Settings:
+        explicit = self.model_fields_set
+        if {"model", "model_arch"} <= explicit and self.model != self.model_arch:
+            raise ValueError(
+                f"STREAMFIT_MODEL={self.model} and its alias STREAMFIT_MODEL_ARCH="
+                f"{self.model_arch} disagree: set one"
+            )
+        if self.features and len(set(self.features)) != len(self.features):
+            raise ValueError("STREAMFIT_FEATURES names a feature twice")
+        if self.label_field in self.features:
+            raise ValueError(f"the label field {self.label_field!r} is also a feature")
+        if self.message_format == "avro" and not self.schema_registry_url:
+            raise ValueError("MESSAGE_FORMAT=avro needs STREAMFIT_SCHEMA_REGISTRY_URL")
+        return self
+
+    @property
+    def model_spec(self) -> str:
+        """What `MODEL` names: `mlp`, `linear`, a `.keras` path or `module:function`
+        (`MODEL_ARCH` is an alias of the built-ins)."""
+        if "model" not in self.model_fields_set and "model_arch" in self.model_fields_set:
+            return self.model_arch
+        return self.model
+
+    @property
+    def builtin_model(self) -> bool:
+        return self.model_spec in ("mlp", "linear")
 
     @field_validator("log_level", mode="before")
     @classmethod

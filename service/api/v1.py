@@ -26,7 +26,7 @@ class V1Endpoints:
         self.dataplane = dataplane
 
     async def predict(self, name: str, body: PredictRequest) -> Response:
-        """One probability per instance, from the current model snapshot."""
+        """One prediction per instance (the task's form), from the current model snapshot."""
         answer = await self.dataplane.predict(name, body.instances, request_id.get())
         # Serialized directly: FastAPI's generic encoder costs more than the model here.
         return Response(json.dumps(answer), media_type="application/json")

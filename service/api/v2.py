@@ -16,9 +16,10 @@ class V2Endpoints:
         self.dataplane = dataplane
 
     async def infer(self, name: str, body: InferRequest) -> dict[str, Any]:
-        """Open Inference Protocol: FP32 input [n, num_features] -> output `probability` [n, 1]."""
-        tensor = body.inputs[0]
-        return await self.dataplane.infer(name, tensor.shape, tensor.data, body.id)
+        """Open Inference Protocol: one [n, F] tensor or one input per named feature -> the
+        task's output (`probability` [n, 1], `probabilities` [n, K] or `prediction` [n, 1])."""
+        tensors = [(t.name, t.shape, t.datatype, t.data) for t in body.inputs]
+        return await self.dataplane.infer(name, tensors, body.id)
 
     async def model_metadata(self, name: str) -> dict[str, Any]:
         """Open Inference Protocol model metadata."""

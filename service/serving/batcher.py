@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from service.model.inputs import Batch, batch_rows, concat
 from service.serving.snapshot import SnapshotHolder
 
 
@@ -24,11 +25,11 @@ class MicroBatcher:
     ) -> None:
         self.holder = holder
         self.observe = observe
-        self._pending: list[tuple[np.ndarray, asyncio.Future[tuple[np.ndarray, int]]]] = []
+        self._pending: list[tuple[Batch, asyncio.Future[tuple[np.ndarray, int]]]] = []
         self.batches = 0
         self.requests = 0
 
-    async def predict(self, x: np.ndarray) -> tuple[np.ndarray, int]:
+    async def predict(self, x: Batch) -> tuple[np.ndarray, int]:
         """Probabilities for `x` and the version of the snapshot that produced them."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[tuple[np.ndarray, int]] = loop.create_future()
@@ -46,7 +47,7 @@ class MicroBatcher:
                     future.set_exception(LookupError("no model loaded"))
             return
         started = time.perf_counter()
-        rows = pending[0][0] if len(pending) == 1 else np.concatenate([x for x, _ in pending])
+        rows = pending[0][0] if len(pending) == 1 else concat([x for x, _ in pending])
         probabilities = snapshot.predict(rows)
         if self.observe is not None:
             self.observe(time.perf_counter() - started)
@@ -54,7 +55,7 @@ class MicroBatcher:
         self.requests += len(pending)
         start = 0
         for x, future in pending:
-            end = start + x.shape[0]
+            end = start + batch_rows(x)
             if not future.done():
                 future.set_result((probabilities[start:end], snapshot.version))
             start = end

@@ -9,12 +9,14 @@ errors of `service.errors`, which the API maps to status codes in one place.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import numpy as np
 
 from service.errors import InvalidInput, ModelNotFound, ModelNotReady
 from service.feedback import PendingPredictions
+from service.model.inputs import Batch, batch_rows
 from service.serving.batcher import MicroBatcher
 from service.serving.snapshot import ModelSnapshot, SnapshotHolder
 
@@ -69,40 +71,80 @@ class DataPlane:
         return snapshot
 
     @staticmethod
-    def features(rows: Any, snapshot: ModelSnapshot) -> np.ndarray:
-        """Rows as a float32 [n, num_features] array; InvalidInput if they do not fit."""
-        with np.errstate(over="ignore"):  # beyond float32: inf, refused just below
-            x = np.asarray(rows, dtype=np.float32)
-        if x.ndim != 2 or x.shape[1] != snapshot.num_features:
-            width = x.shape[-1] if x.ndim >= 1 and x.size else 0
-            raise InvalidInput(f"each instance needs {snapshot.num_features} numbers, got {width}")
-        if not np.isfinite(x).all():
-            raise InvalidInput("features must be finite (float32 range)")
-        return x
+    def features(rows: Any, snapshot: ModelSnapshot) -> Batch:
+        """Instances (rows in feature order, or objects keyed by feature name) as the model's
+        input; InvalidInput naming what does not fit."""
+        inputs = snapshot.input_spec
+        if rows and all(isinstance(row, dict) for row in rows):
+            if not inputs.has_names:
+                raise InvalidInput(
+                    "this model's features have no names (set STREAMFIT_FEATURES): send rows"
+                )
+            batch, errors = inputs.from_objects(rows)
+            if errors:
+                index, (_, detail) = min(errors.items())
+                raise InvalidInput(f"instance {index}: {detail}")
+            return batch
+        if any(isinstance(row, dict) for row in rows):
+            raise InvalidInput("instances must be all rows or all objects")
+        try:
+            return inputs.from_rows(rows)
+        except ValueError as exc:
+            raise InvalidInput(str(exc)) from None
 
     async def predict(
-        self, name: str, instances: list[list[float]], request_id: str | None = None
+        self, name: str, instances: list[Any], request_id: str | None = None
     ) -> dict[str, Any]:
-        """TF Serving / KServe v1: one probability per instance, and the model version.
+        """TF Serving / KServe v1: one prediction per instance, and the model version.
 
         With delayed labels on, the rows are kept under `request_id` for the label to join.
         """
         snapshot = self.snapshot(name)
-        if len({len(row) for row in instances}) != 1:
-            raise InvalidInput("all instances must have the same number of features")
         x = self.features(instances, snapshot)
-        probabilities, version = await self.batcher.predict(x)
-        answer: dict[str, Any] = {"predictions": probabilities.tolist(), "model_version": version}
-        if self.pending is not None:
+        predictions, version = await self.batcher.predict(x)
+        answer: dict[str, Any] = {"predictions": predictions.tolist(), "model_version": version}
+        if self.pending is not None and isinstance(x, np.ndarray):
             self.pending.remember(request_id or "", x)
             answer["request_id"] = request_id or ""
         return answer
 
     async def infer(
-        self, name: str, shape: list[int], data: list[Any], request_id: str | None
+        self,
+        name: str,
+        tensors: Sequence[tuple[str, list[int], str, list[Any]]],
+        request_id: str | None,
     ) -> dict[str, Any]:
-        """Open Inference Protocol: FP32 input [n, F] -> output `probability` [n, 1]."""
+        """Open Inference Protocol: one [n, F] tensor, or one input per named feature ->
+        the task's output."""
         snapshot = self.snapshot(name)
+        inputs = snapshot.input_spec
+        if len(tensors) == 1 and tensors[0][0] not in inputs.names:
+            x = self._tensor(tensors[0], snapshot)
+        else:
+            x = self._named_tensors(tensors, snapshot)
+        predictions, version = await self.batcher.predict(x)
+        n = batch_rows(x)
+        task = snapshot.task
+        return {
+            "model_name": name,
+            "model_version": str(version),
+            "id": request_id,
+            "outputs": [
+                {
+                    "name": task.output_name,
+                    "shape": [n, task.outputs],
+                    "datatype": "FP32",
+                    "data": predictions.reshape(-1).tolist(),
+                }
+            ],
+        }
+
+    def _tensor(
+        self, tensor: tuple[str, list[int], str, list[Any]], snapshot: ModelSnapshot
+    ) -> Batch:
+        _, shape, _, data = tensor
+        if len(shape) != 2:
+            raise InvalidInput(f"a single input must have shape [n, {snapshot.num_features}]")
         try:
             flat = np.asarray(data, dtype=np.float32).reshape(-1)
         except ValueError:
@@ -110,21 +152,44 @@ class DataPlane:
         n, width = shape
         if n < 1 or n * width != flat.size:
             raise InvalidInput(f"shape {shape} does not match {flat.size} data values")
-        x = self.features(flat.reshape(n, width), snapshot)
-        probabilities, version = await self.batcher.predict(x)
-        return {
-            "model_name": name,
-            "model_version": str(version),
-            "id": request_id,
-            "outputs": [
-                {
-                    "name": "probability",
-                    "shape": [n, 1],
-                    "datatype": "FP32",
-                    "data": probabilities.tolist(),
-                }
-            ],
-        }
+        if width != snapshot.num_features:
+            raise InvalidInput(f"each instance needs {snapshot.num_features} numbers, got {width}")
+        if not np.isfinite(flat).all():
+            raise InvalidInput("features must be finite (float32 range)")
+        return snapshot.input_spec.from_matrix(flat.reshape(n, width))
+
+    def _named_tensors(
+        self, tensors: Sequence[tuple[str, list[int], str, list[Any]]], snapshot: ModelSnapshot
+    ) -> Batch:
+        inputs = snapshot.input_spec
+        given = {name: (shape, data) for name, shape, _, data in tensors}
+        unknown = [name for name in given if name not in inputs.names]
+        if unknown:
+            raise InvalidInput(
+                f"unknown input {unknown[0]!r}; the model takes "
+                f"{', '.join(inputs.names) or f'one [n, {inputs.width}] tensor'}"
+            )
+        missing = [name for name in inputs.names if name not in given]
+        if missing:
+            raise InvalidInput(f"input {missing[0]!r} is missing")
+        columns: dict[str, list[Any]] = {}
+        sizes = set()
+        for name in inputs.names:
+            shape, data = given[name]
+            flat = [v for row in data for v in row] if data and isinstance(data[0], list) else data
+            if len(shape) == 2 and shape[1] != 1 or shape[0] != len(flat):
+                raise InvalidInput(
+                    f"input {name!r}: shape {shape} does not match {len(flat)} values"
+                )
+            columns[name] = flat
+            sizes.add(len(flat))
+        if len(sizes) != 1:
+            raise InvalidInput("named inputs must have the same number of instances")
+        rows = [
+            dict(zip(columns, values, strict=True))
+            for values in zip(*columns.values(), strict=True)
+        ]
+        return self.features(rows, snapshot)
 
     # -- model information -------------------------------------------------------------------
 
@@ -144,14 +209,23 @@ class DataPlane:
     def model_metadata(self, name: str) -> dict[str, Any]:
         """Open Inference Protocol model metadata."""
         snapshot = self.snapshot(name)
+        inputs = snapshot.input_spec
+        task = snapshot.task
+        if inputs.named:
+            described = [
+                {"name": n, "datatype": "BYTES" if kind == "string" else "FP32", "shape": [-1, 1]}
+                for n, kind in zip(inputs.names, inputs.kinds, strict=True)
+            ]
+        else:
+            described = [{"name": "features", "datatype": "FP32", "shape": [-1, inputs.width]}]
         return {
             "name": name,
             "versions": [str(snapshot.version)],
             "platform": "tensorflow",
-            "inputs": [
-                {"name": "features", "datatype": "FP32", "shape": [-1, snapshot.num_features]}
+            "inputs": described,
+            "outputs": [
+                {"name": task.output_name, "datatype": "FP32", "shape": [-1, task.outputs]}
             ],
-            "outputs": [{"name": "probability", "datatype": "FP32", "shape": [-1, 1]}],
         }
 
     def model_info(self) -> dict[str, Any]:
@@ -164,6 +238,10 @@ class DataPlane:
             "samples_trained": snapshot.samples_trained if snapshot else 0,
             "batches_trained": snapshot.batches_trained if snapshot else 0,
             "updated_at": snapshot.updated_at if snapshot else None,
+            "task": snapshot.task.kind if snapshot else None,
+            "classes": list(snapshot.task.classes) if snapshot else None,
+            "model": snapshot.spec if snapshot else None,
+            "features": list(snapshot.input_spec.names) if snapshot else None,
             "checkpoint": source.checkpoint_info() if source else None,
             "prequential": source.prequential() if source else {"accuracy": None, "loss": None},
             "role": self.role,
@@ -205,7 +283,7 @@ class DataPlane:
             )
             return False, {"status": "not ready", "reason": reason, **body}
         with np.errstate(invalid="ignore", over="ignore"):  # a broken model answers NaN
-            probe = snapshot.predict(np.zeros((1, snapshot.num_features), np.float32))
+            probe = snapshot.outputs(snapshot.input_spec.probe())
         if not np.isfinite(probe).all():
             return False, {
                 "status": "not ready",

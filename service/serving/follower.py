@@ -8,6 +8,7 @@ from typing import Any
 
 from service import metrics
 from service.checkpoints import Checkpoint, CheckpointStore
+from service.model.task import Task
 from service.online_stats import PrequentialWindow
 from service.serving.snapshot import SnapshotError, SnapshotHolder, snapshot_from_checkpoint
 from service.tasks import OwnedTask
@@ -74,11 +75,13 @@ class CheckpointFollower:
         return self.checkpoint.metadata() if self.checkpoint else None
 
     def prequential(self) -> dict[str, Any]:
-        """Windowed accuracy and loss as recorded in the served checkpoint."""
-        window = PrequentialWindow()
-        if self.checkpoint is not None:
-            window.restore(self.checkpoint.state.get("prequential", []))
-        return {"accuracy": window.accuracy, "loss": window.loss}
+        """The task's windowed metrics as recorded in the served checkpoint."""
+        if self.checkpoint is None:
+            return PrequentialWindow().metrics()
+        state = self.checkpoint.state
+        window = PrequentialWindow(task=Task.from_state((state.get("model") or {}).get("task")))
+        window.restore(state.get("prequential", []))
+        return window.metrics()
 
     def history(self) -> dict[str, Any]:
         if self.checkpoint is not None:

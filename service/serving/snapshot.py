@@ -2,9 +2,12 @@
 
 The trainer publishes a new `ModelSnapshot` after each trained batch by replacing one
 reference (`SnapshotHolder.publish`), so a request sees either the old model or the new one,
-never a half-updated one, and never waits for training. Predictions run a NumPy forward pass
-over the snapshot's Dense layers (Dropout is the identity at inference): no per-request
-`model.predict`, no TensorFlow dispatch on the request path.
+never a half-updated one, and never waits for training. Two forward paths:
+- Dense-only models (the built-ins, and any chain of Dense and Dropout layers): a NumPy
+  forward pass over the snapshot's layers (Dropout is the identity at inference), no
+  TensorFlow on the request path, and none in the predictor role;
+- every other model: its Keras config run by a `KerasRunner` with the snapshot's weights.
+Both take raw features; standardization (when the service does it) happens here.
 """
 
 from __future__ import annotations
@@ -18,7 +21,10 @@ from typing import Any
 import numpy as np
 
 from service.checkpoints import Checkpoint
+from service.model.inputs import Batch, InputSpec
+from service.model.task import Task
 from service.online_stats import RunningStandardizer
+from service.serving.keras_forward import KerasRunner, runner_for
 
 Activation = Callable[[np.ndarray], np.ndarray]
 
@@ -36,11 +42,17 @@ def _linear(x: np.ndarray) -> np.ndarray:
     return x
 
 
+def _softmax(x: np.ndarray) -> np.ndarray:
+    shifted = np.exp(x - x.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
 ACTIVATIONS: dict[str, Activation] = {
     "relu": _relu,
     "sigmoid": _sigmoid,
     "linear": _linear,
     "tanh": np.tanh,
+    "softmax": _softmax,
 }
 
 
@@ -53,27 +65,54 @@ class DenseLayer:
 
 @dataclass(frozen=True)
 class ModelSnapshot:
-    """Everything needed to predict: layers, standardizer, and what version this is."""
+    """Everything needed to predict: the model's weights, the standardizer, what task and
+    inputs it has, and what version this is."""
 
     version: int
-    layers: tuple[DenseLayer, ...]
+    layers: tuple[DenseLayer, ...]  # the Dense-only path; empty when `runner` serves
     mean: np.ndarray
     std: np.ndarray
     samples_trained: int
     batches_trained: int
     updated_at: float = field(default_factory=time.time)
+    task: Task = field(default_factory=Task)
+    inputs: InputSpec | None = None
+    runner: KerasRunner | None = None
+    weights: tuple[np.ndarray, ...] = ()  # the runner's weights
+    spec: str = "mlp"  # what STREAMFIT_MODEL named
 
     @property
     def num_features(self) -> int:
-        return int(self.mean.shape[0])
+        return self.input_spec.width
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        """Probabilities [n] for raw features [n, num_features]."""
-        # Standardize in float64, as the learner does: features can be large (e.g. 1e5 +- 1).
-        h = ((np.asarray(x, dtype=np.float64) - self.mean) / self.std).astype(np.float32)
+    @property
+    def input_spec(self) -> InputSpec:
+        return self.inputs or InputSpec.positional(int(self.mean.shape[0]))
+
+    @property
+    def standardizes(self) -> bool:
+        return bool(self.mean.shape[0])
+
+    def outputs(self, x: Batch) -> np.ndarray:
+        """Model outputs [n, K] for raw features (a matrix [n, F], or columns by name)."""
+        if isinstance(x, dict):
+            assert self.runner is not None
+            return self.runner.run(self.weights, x)
+        h = np.asarray(x, dtype=np.float32)
+        if self.standardizes:
+            # In float64, as the learner does: features can be large (e.g. 1e5 +- 1).
+            h = ((np.asarray(x, dtype=np.float64) - self.mean) / self.std).astype(np.float32)
+        if self.runner is not None:
+            return self.runner.run(self.weights, h)
         for layer in self.layers:
             h = ACTIVATIONS[layer.activation](h @ layer.kernel + layer.bias)
-        return h[:, 0]
+        return h
+
+    def predict(self, x: Batch) -> np.ndarray:
+        """Predictions: probabilities of the positive class [n] (binary), the K class
+        probabilities [n, K] (multiclass), or the values [n] (regression)."""
+        outputs = self.outputs(x)
+        return outputs if self.task.kind == "multiclass" else outputs[:, 0]
 
 
 def _frozen(array: Any, dtype: type = np.float32) -> np.ndarray:
@@ -84,14 +123,36 @@ def _frozen(array: Any, dtype: type = np.float32) -> np.ndarray:
 
 def build_snapshot(
     weights: list[Any],
-    activations: list[str],
+    activations: list[str] | None,
     mean: np.ndarray,
     std: np.ndarray,
     version: int,
     samples_trained: int,
     batches_trained: int,
+    task: Task | None = None,
+    inputs: InputSpec | None = None,
+    config: str | None = None,
+    spec: str = "mlp",
 ) -> ModelSnapshot:
-    """Freeze Dense weights [kernel0, bias0, kernel1, ...] into a snapshot."""
+    """Freeze weights into a snapshot: Dense weights [kernel0, bias0, kernel1, ...] with
+    their activations (the NumPy path), or any model's weights with its Keras `config`."""
+    task = task or Task()
+    if activations is None:
+        if config is None or inputs is None:
+            raise TypeError("a model that is not Dense-only needs its Keras config to be served")
+        return ModelSnapshot(
+            version=version,
+            layers=(),
+            mean=_frozen(mean, np.float64),
+            std=_frozen(std, np.float64),
+            samples_trained=samples_trained,
+            batches_trained=batches_trained,
+            task=task,
+            inputs=inputs,
+            runner=runner_for(config, inputs),
+            weights=tuple(_frozen(w, np.asarray(w).dtype.type) for w in weights),
+            spec=spec,
+        )
     if len(weights) != 2 * len(activations):
         raise TypeError("serving supports models of Dense (and Dropout) layers only")
     for activation in activations:
@@ -108,19 +169,35 @@ def build_snapshot(
         std=_frozen(std, np.float64),
         samples_trained=samples_trained,
         batches_trained=batches_trained,
+        task=task,
+        inputs=inputs,
+        spec=spec,
     )
+
+
+def _standardization(standardizer: RunningStandardizer, on: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std) the snapshot applies; empty when the model takes its inputs raw."""
+    if not on:
+        return np.empty(0), np.empty(0)
+    return standardizer.mean, standardizer.std()
 
 
 def snapshot_from_learner(learner: Any, version: int) -> ModelSnapshot:
     """Freeze the learner's current model and standardizer (call on the training thread)."""
+    mean, std = _standardization(learner.standardizer, learner.plan.standardize)
+    activations = learner.activations()
     return build_snapshot(
         learner.weights(),
-        learner.activations(),
-        learner.standardizer.mean,
-        learner.standardizer.std(),
+        activations,
+        mean,
+        std,
         version,
         learner.samples_trained,
         learner.batches_trained,
+        learner.task,
+        learner.inputs,
+        None if activations is not None else learner.config(),
+        learner.plan.spec,
     )
 
 
@@ -140,16 +217,25 @@ def snapshot_from_checkpoint(checkpoint: Checkpoint) -> ModelSnapshot:
 
 
 def snapshot_from_state(state: dict[str, Any], version: int) -> ModelSnapshot:
-    """A snapshot straight from checkpoint state, without TensorFlow (predictor role)."""
+    """A snapshot straight from checkpoint state (predictor role, `score`): without
+    TensorFlow for a Dense-only model."""
     standardizer = RunningStandardizer.from_state(state["standardizer"])
+    described = state.get("model") or {}  # absent before STREAMFIT_MODEL: built-in, binary
+    width = int(state.get("num_features", standardizer.mean.shape[0]))
+    mean, std = _standardization(standardizer, bool(described.get("standardize", True)))
+    activations = state.get("activations")
     return build_snapshot(
         list(state["weights"]),
-        list(state["activations"]),
-        standardizer.mean,
-        standardizer.std(),
+        None if activations is None else list(activations),
+        mean,
+        std,
         version,
         int(state["samples_trained"]),
         int(state["batches_trained"]),
+        Task.from_state(described.get("task")),
+        InputSpec.from_state(described.get("inputs"), width),
+        described.get("config"),
+        str(described.get("spec", state.get("arch", "mlp"))),
     )
 
 

@@ -29,6 +29,8 @@ from service.kafka.clients import new_consumer
 from service.kafka.commits import commit_offsets
 from service.kafka.reading import BoundedRead, ReadStalled
 from service.kafka.topics import topic_partitions
+from service.model.inputs import Batch, concat, take
+from service.model.startup import check_model
 from service.online_stats import PrequentialWindow
 from service.settings import Settings
 
@@ -43,7 +45,7 @@ class FitError(Exception):
 class TopicData:
     """A topic's decodable records in memory, where it ended, and what was rejected."""
 
-    features: np.ndarray
+    features: Batch
     labels: np.ndarray
     end_offsets: dict[TopicPartition, int]
     rejected: Counter[str] = field(default_factory=Counter)
@@ -67,7 +69,7 @@ async def read_topic(
     from tqdm import tqdm
 
     consumer = new_consumer(client_options, client_id="streamfit-fit")
-    features: list[np.ndarray] = []
+    features: list[Batch] = []
     labels: list[np.ndarray] = []
     rejected: Counter[str] = Counter()
     bar = tqdm(unit="rec", desc=f"reading {topic}", disable=not progress, leave=False)
@@ -94,7 +96,7 @@ async def read_topic(
     ends = read.ends
     width = codec.num_features
     return TopicData(
-        features=np.concatenate(features) if features else np.empty((0, width), np.float32),
+        features=concat(features) if features else np.empty((0, width), np.float32),
         labels=np.concatenate(labels) if labels else np.empty((0,), np.float32),
         end_offsets=ends,
         rejected=rejected,
@@ -111,6 +113,7 @@ class FitReport:
     epochs: int
     accuracy: float | None
     log_loss: float | None
+    metrics: dict[str, float | None]  # the task's two: accuracy and loss, or mae and rmse
     samples_trained: int
     resumed_from: int | None
     version: int
@@ -135,18 +138,20 @@ def train_epochs(
     from tqdm import tqdm
 
     n = len(data)
-    metrics = PrequentialWindow(window=n + 1)
+    metrics = PrequentialWindow(window=n + 1, task=learner.task)
     for epoch in range(1, epochs + 1):
         order = np.random.default_rng([seed, epoch]).permutation(n)
-        metrics = PrequentialWindow(window=n + 1)
+        metrics = PrequentialWindow(window=n + 1, task=learner.task)
         with tqdm(total=n, unit="rec", desc=f"epoch {epoch}/{epochs}", disable=not progress) as bar:
             for start in range(0, n, batch_size):
                 rows = order[start : start + batch_size]
                 labels = data.labels[rows]
-                result = learner.learn(data.features[rows], labels)
-                metrics.add(result.probabilities, labels)
+                result = learner.learn(take(data.features, rows), labels)
+                metrics.add(result.outputs, labels)
                 bar.update(len(rows))
-                bar.set_postfix(accuracy=f"{metrics.accuracy:.4f}", loss=f"{metrics.loss:.4f}")
+                bar.set_postfix(
+                    {k: f"{v:.4f}" for k, v in metrics.metrics().items() if v is not None}
+                )
     return metrics
 
 
@@ -159,7 +164,8 @@ def fit(
     """
     if epochs < 1:
         raise FitError("--epochs must be at least 1")
-    codec = Codec(settings.num_features, settings.message_format, settings.max_record_bytes)
+    task, inputs = check_model(settings, with_checkpoint=False)
+    codec = Codec.for_settings(settings, inputs, task)
     try:
         data = asyncio.run(read_topic(settings.kafka_client_options(), topic, codec, progress))
     except KafkaError as exc:
@@ -218,6 +224,7 @@ def fit(
         epochs=epochs,
         accuracy=metrics.accuracy,
         log_loss=metrics.loss,
+        metrics=metrics.metrics(),
         samples_trained=learner.samples_trained,
         resumed_from=previous.version if previous else None,
         version=version,
@@ -262,8 +269,12 @@ def format_fit_report(report: FitReport) -> str:
         f"fitted {report.records} records of {report.topic} x {report.epochs} epochs, "
         f"starting from {start}",
         f"rejected (not trained): {rejected}" + (f" ({reasons})" if reasons else ""),
-        f"last epoch (test-then-train): accuracy {report.accuracy:.4f}  "
-        f"log-loss {report.log_loss:.4f}",
+        "last epoch (test-then-train): "
+        + "  ".join(
+            f"{'log-loss' if name == 'loss' else name} {value:.4f}"
+            for name, value in report.metrics.items()
+            if value is not None
+        ),
         f"checkpoint version {report.version}: {report.path} "
         f"(samples trained {report.samples_trained}; offsets "
         + ", ".join(f"{k}={v}" for k, v in sorted(report.offsets.items()))

@@ -2,7 +2,9 @@
 
 `Learner.learn(x, y)` scores a batch with the model as it is, then trains on it once; both
 happen in one compiled TensorFlow function with a fixed input signature, so variable batch
-sizes never retrace. The learner is not thread-safe: one worker thread owns it.
+sizes never retrace. The model is whatever `STREAMFIT_MODEL` names (`service.model.resolve`),
+for a binary, multiclass or regression task; its inputs are one matrix [n, F] or one column
+per named input. The learner is not thread-safe: one worker thread owns it.
 """
 
 from __future__ import annotations
@@ -13,24 +15,45 @@ from typing import Any
 
 import numpy as np
 
-from service.online_stats import (
-    EPSILON,
-    LearningHistory,
-    PrequentialWindow,
-    RunningStandardizer,
+from service.model.inputs import Batch
+from service.model.resolve import (
+    ModelMismatch,
+    ModelPlan,
+    dense_activations,
+    portable_config,
+    resolve_model,
 )
+from service.model.task import EPSILON
+from service.online_stats import LearningHistory, PrequentialWindow, RunningStandardizer
 from service.settings import Settings
 from service.training.tf_runtime import keras, tf
 
 
 def learner_for(settings: Settings) -> Learner:
     """The Learner the settings describe: `serve`, `fit` and the benchmarks build it here."""
-    return Learner(
-        settings.num_features,
-        settings.model_arch,
-        settings.learning_rate,
-        settings.seed,
-        threads=settings.tf_threads,
+    use_threads(settings.tf_threads)
+    model, plan = resolve_model(settings)
+    return Learner(model, plan, settings.learning_rate)
+
+
+def builtin_learner(
+    num_features: int,
+    arch: str = "mlp",
+    learning_rate: float = 1e-3,
+    seed: int = 0,
+    task: str = "binary",
+    **settings: Any,
+) -> Learner:
+    """A Learner of a built-in model (tests, benchmarks): settings by keyword."""
+    return learner_for(
+        Settings(
+            num_features=num_features,
+            model=arch,
+            learning_rate=learning_rate,
+            seed=seed,
+            task=task,  # type: ignore[arg-type]
+            **settings,
+        )
     )
 
 
@@ -48,26 +71,6 @@ def use_threads(threads: int) -> None:
         pass
 
 
-def build_model(num_features: int, arch: str = "mlp") -> keras.Model:
-    """The tutorial's MLP (or a logistic regression, for comparison), ending in a sigmoid."""
-    layers: list[keras.layers.Layer]
-    if arch == "mlp":
-        layers = [
-            keras.layers.Dense(128, activation="relu"),
-            keras.layers.Dropout(0.2),
-            keras.layers.Dense(256, activation="relu"),
-            keras.layers.Dropout(0.4),
-            keras.layers.Dense(128, activation="relu"),
-            keras.layers.Dropout(0.4),
-            keras.layers.Dense(1, activation="sigmoid"),
-        ]
-    elif arch == "linear":
-        layers = [keras.layers.Dense(1, activation="sigmoid")]
-    else:
-        raise ValueError(f"unknown model architecture {arch!r}")
-    return keras.Sequential([keras.Input((num_features,)), *layers], name=f"streamfit_{arch}")
-
-
 def _scale(count: tf.Tensor, m2: tf.Tensor) -> tf.Tensor:
     """RunningStandardizer.std() in the graph: ones until two samples, no zero divisors."""
     std = tf.sqrt(tf.math.divide_no_nan(m2, count))
@@ -77,12 +80,17 @@ def _scale(count: tf.Tensor, m2: tf.Tensor) -> tf.Tensor:
 
 @dataclass(frozen=True)
 class BatchResult:
-    """What one `learn` call did: prequential probabilities and the training loss."""
+    """What one `learn` call did: the prequential outputs [n, K] and the training loss."""
 
-    probabilities: np.ndarray
+    outputs: np.ndarray
     loss: float
     samples: int
-    prequential_loss: float  # mean log-loss of the test (before training) probabilities
+    prequential_loss: float  # mean log-loss (classification) or squared error (regression)
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        """Binary: the test probabilities of the positive class [n]."""
+        return self.outputs[:, 0]
 
 
 class Learner:
@@ -90,44 +98,66 @@ class Learner:
 
     def __init__(
         self,
-        num_features: int,
-        arch: str = "mlp",
+        model: keras.Model,
+        plan: ModelPlan,
         learning_rate: float = 1e-3,
-        seed: int = 0,
         window: int = 10_000,
-        threads: int = 1,
     ) -> None:
-        use_threads(threads)
-        keras.utils.set_random_seed(seed)
-        self.num_features = num_features
-        self.arch = arch
-        self.model = build_model(num_features, arch)
-        self.optimizer = keras.optimizers.Adam(learning_rate=learning_rate)
+        self.model = model
+        self.plan = plan
+        self.task = plan.task
+        self.inputs = plan.inputs
+        self.num_features = plan.inputs.width
+        if plan.compiled:
+            self.optimizer = model.optimizer
+            self._loss_fn = keras.losses.get(model.loss) if model.loss is not None else None
+        else:
+            self.optimizer = keras.optimizers.Adam(learning_rate=learning_rate)
+            self._loss_fn = None
         self.optimizer.build(self.model.trainable_variables)
-        self.standardizer = RunningStandardizer(num_features)
-        self.prequential = PrequentialWindow(window)
+        self._one_hot_labels = (
+            self._loss_fn is not None
+            and "sparse" not in _name(self._loss_fn)
+            and self.task.kind == "multiclass"
+        )
+        width = 0 if plan.inputs.named else plan.inputs.width
+        self.standardizer = RunningStandardizer(width)
+        self.prequential = PrequentialWindow(window, self.task)
         self.history = LearningHistory()
         self._weights_after_step: list[Any] | None = None
-        self._activations = [
-            layer.get_config()["activation"]
-            for layer in self.model.layers
-            if isinstance(layer, keras.layers.Dense)
-        ]
+        self._activations = dense_activations(model, plan.inputs)
+        self._config: str | None = None
         self.samples_trained = 0
         self.batches_trained = 0
         self.last_loss: float | None = None
-        spec = [
-            tf.TensorSpec([None, num_features], tf.float32),  # raw features
-            tf.TensorSpec([None], tf.float32),  # labels
-            tf.TensorSpec([], tf.float64),  # standardizer: count
-            tf.TensorSpec([num_features], tf.float64),  # mean
-            tf.TensorSpec([num_features], tf.float64),  # m2
-        ]
-        self._step = tf.function(self._test_then_train, input_signature=spec)
+        self._step = tf.function(self._test_then_train, input_signature=self._signature())
 
-    def _test_then_train(
-        self, x: tf.Tensor, y: tf.Tensor, count: tf.Tensor, mean: tf.Tensor, m2: tf.Tensor
-    ) -> tuple[tf.Tensor, ...]:
+    # -- the compiled step -------------------------------------------------------------------
+
+    def _signature(self) -> list[Any]:
+        labels = tf.TensorSpec([None], tf.float32)
+        if self.inputs.named:
+            ranks = self.inputs.ranks or (2,) * self.inputs.width
+            spec = {
+                name: tf.TensorSpec(
+                    [None, 1] if rank == 2 else [None],
+                    tf.string if kind == "string" else tf.float32,
+                )
+                for name, kind, rank in zip(
+                    self.inputs.names, self.inputs.kinds, ranks, strict=True
+                )
+            }
+            return [spec, labels]
+        width = self.inputs.width
+        return [
+            tf.TensorSpec([None, width], tf.float32),  # raw features
+            labels,
+            tf.TensorSpec([], tf.float64),  # standardizer: count
+            tf.TensorSpec([width], tf.float64),  # mean
+            tf.TensorSpec([width], tf.float64),  # m2
+        ]
+
+    def _test_then_train(self, x: Any, y: tf.Tensor, *stats: tf.Tensor) -> tuple[Any, ...]:
         """Standardize, score, update the standardizer, standardize again, train: one call.
 
         The standardizer's statistics go in and come out as tensors (the Python
@@ -135,6 +165,29 @@ class Learner:
         TensorFlow: the worker thread takes the GIL back once per batch, not once per NumPy
         operation, which matters while the event loop holds it decoding the next batch.
         """
+        if stats and self.plan.standardize:
+            x_before, x_after, stats = self._standardized(x, *stats)
+        else:
+            x_before = x_after = x
+            stats = ()
+        outputs = self.model(x_before, training=False)
+        with tf.GradientTape() as tape:
+            predicted = self.model(x_after, training=True)
+            loss = self._loss(y, predicted)
+            if self.model.losses:
+                loss = loss + tf.add_n(self.model.losses)
+        variables = self.model.trainable_variables
+        gradients = tape.gradient(loss, variables)
+        self.optimizer.apply_gradients(zip(gradients, variables, strict=True))
+        # The updated weights, read in the same graph call (ordered after the update by
+        # automatic control dependencies): far cheaper than get_weights() afterwards.
+        weights = [tf.identity(w) for w in self.model.weights]
+        first, second = self._prequential_sums(outputs, y)
+        return (outputs, loss, weights, *stats, first, second)
+
+    def _standardized(
+        self, x: tf.Tensor, count: tf.Tensor, mean: tf.Tensor, m2: tf.Tensor
+    ) -> tuple[tf.Tensor, tf.Tensor, tuple[tf.Tensor, ...]]:
         x64 = tf.cast(x, tf.float64)
         n = tf.cast(tf.shape(x64)[0], tf.float64)
         x_before = tf.cast((x64 - mean) / _scale(count, m2), tf.float32)
@@ -146,46 +199,73 @@ class Learner:
         mean = mean + delta * tf.math.divide_no_nan(n, total)
         m2 = m2 + batch_m2 + tf.square(delta) * tf.math.divide_no_nan(count * n, total)
         x_after = tf.cast((x64 - mean) / _scale(total, m2), tf.float32)
+        return x_before, x_after, (total, mean, m2)
 
-        probabilities = self.model(x_before, training=False)[:, 0]
-        with tf.GradientTape() as tape:
-            predicted = self.model(x_after, training=True)[:, 0]
-            predicted = tf.clip_by_value(predicted, EPSILON, 1 - EPSILON)
-            loss = -tf.reduce_mean(
-                y * tf.math.log(predicted) + (1 - y) * tf.math.log(1 - predicted)
-            )
-        variables = self.model.trainable_variables
-        gradients = tape.gradient(loss, variables)
-        self.optimizer.apply_gradients(zip(gradients, variables, strict=True))
-        # The updated weights, read in the same graph call (ordered after the update by
-        # automatic control dependencies): far cheaper than get_weights() afterwards.
-        weights = [tf.identity(w) for w in self.model.weights]
-        # The prequential sums (PrequentialWindow.add's arithmetic), here rather than in NumPy.
-        p = tf.clip_by_value(tf.cast(probabilities, tf.float64), EPSILON, 1 - EPSILON)
+    def _loss(self, y: tf.Tensor, predicted: tf.Tensor) -> tf.Tensor:
+        """The compiled model's own loss, or the task's: log-loss on probabilities, or MSE."""
+        predicted = tf.cast(predicted, tf.float32)
+        kind = self.task.kind
+        if self._loss_fn is not None:
+            if kind == "multiclass":
+                y_true = tf.cast(y, tf.int32)
+                if self._one_hot_labels:
+                    y_true = tf.one_hot(y_true, self.task.outputs)
+            else:
+                y_true = y[:, None]
+            return tf.reduce_mean(self._loss_fn(y_true, predicted))
+        if kind == "binary":
+            p = tf.clip_by_value(predicted[:, 0], EPSILON, 1 - EPSILON)
+            return -tf.reduce_mean(y * tf.math.log(p) + (1 - y) * tf.math.log(1 - p))
+        if kind == "multiclass":
+            picked = tf.gather(predicted, tf.cast(y, tf.int32), batch_dims=1)
+            return -tf.reduce_mean(tf.math.log(tf.clip_by_value(picked, EPSILON, 1.0)))
+        return tf.reduce_mean(tf.square(predicted[:, 0] - y))
+
+    def _prequential_sums(self, outputs: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """`Task.batch_totals` in the graph: (correct, log-loss) or (|error|, error²) sums."""
+        out = tf.cast(outputs, tf.float64)
         y64 = tf.cast(y, tf.float64)
-        correct = tf.reduce_sum(tf.cast(tf.equal(p >= 0.5, y64 >= 0.5), tf.float64))
-        log_loss = -tf.reduce_sum(y64 * tf.math.log(p) + (1 - y64) * tf.math.log(1 - p))
-        return probabilities, loss, weights, total, mean, m2, correct, log_loss
+        kind = self.task.kind
+        if kind == "regression":
+            error = out[:, 0] - y64
+            return tf.reduce_sum(tf.abs(error)), tf.reduce_sum(tf.square(error))
+        if kind == "binary":
+            p = tf.clip_by_value(out[:, 0], EPSILON, 1 - EPSILON)
+            correct = tf.reduce_sum(tf.cast(tf.equal(p >= 0.5, y64 >= 0.5), tf.float64))
+            log_loss = -tf.reduce_sum(y64 * tf.math.log(p) + (1 - y64) * tf.math.log(1 - p))
+            return correct, log_loss
+        index = tf.cast(y, tf.int64)
+        predicted = tf.argmax(out, axis=1)
+        correct = tf.reduce_sum(tf.cast(tf.equal(predicted, index), tf.float64))
+        picked = tf.gather(out, index, batch_dims=1)
+        return correct, -tf.reduce_sum(tf.math.log(tf.clip_by_value(picked, EPSILON, 1.0)))
 
-    def learn(self, x: np.ndarray, y: np.ndarray) -> BatchResult:
+    # -- learning ----------------------------------------------------------------------------
+
+    def learn(self, x: Batch, y: np.ndarray) -> BatchResult:
         """Score the batch with the current model (test), then train on it once (train)."""
-        s = self.standardizer
         n = int(y.shape[0])
-        outputs = self._step(
-            x.astype(np.float32, copy=False),
-            y.astype(np.float32, copy=False),
-            s.count,
-            s.mean,
-            s.m2,
-        )
-        probabilities, loss, self._weights_after_step, count, mean, m2, correct, log_loss = outputs
-        s.count, s.mean, s.m2 = int(count), mean.numpy(), m2.numpy()
-        self.prequential.add_totals(n, float(correct), float(log_loss))
+        labels = y.astype(np.float32, copy=False)
+        if self.inputs.named:
+            assert isinstance(x, dict)
+            outputs, loss, weights, first, second = self._step(x, labels)
+        else:
+            s = self.standardizer
+            assert isinstance(x, np.ndarray)
+            result = self._step(x.astype(np.float32, copy=False), labels, s.count, s.mean, s.m2)
+            if self.plan.standardize:
+                outputs, loss, weights, count, mean, m2, first, second = result
+                s.count, s.mean, s.m2 = int(count), mean.numpy(), m2.numpy()
+            else:
+                outputs, loss, weights, first, second = result
+        self._weights_after_step = weights
+        first, second = float(first), float(second)
+        self.prequential.add_totals(n, first, second)
         self.history.observe(self.samples_trained + n, self.prequential)
         self.samples_trained += n
         self.batches_trained += 1
         self.last_loss = float(loss)
-        return BatchResult(probabilities.numpy(), self.last_loss, n, float(log_loss) / max(n, 1))
+        return BatchResult(np.asarray(outputs), self.last_loss, n, second / max(n, 1))
 
     def reset_optimizer(self) -> None:
         """Zero the optimizer's moments and step count (keeping its learning rate): after a
@@ -194,9 +274,15 @@ class Learner:
             if not variable.path.endswith("learning_rate"):
                 variable.assign(variable.numpy() * 0)
 
+    def evaluate(self, x: Batch) -> np.ndarray:
+        """Outputs [n, K] for raw features with the current model (no training)."""
+        if not self.inputs.named and self.plan.standardize:
+            x = self.standardizer.transform(np.asarray(x))
+        return np.asarray(self.model(x, training=False))
+
     def evaluate_probabilities(self, x: np.ndarray) -> np.ndarray:
-        """Probabilities for raw features with the current model (no training)."""
-        return np.asarray(self.model(self.standardizer.transform(x), training=False))[:, 0]
+        """Binary: probabilities of the positive class for raw features [n, F]."""
+        return self.evaluate(x)[:, 0]
 
     def weights(self) -> list[np.ndarray]:
         """The model's weights as NumPy copies, in `model.get_weights()` order."""
@@ -204,9 +290,16 @@ class Learner:
             return [tensor.numpy() for tensor in self._weights_after_step]
         return [np.asarray(w) for w in self.model.get_weights()]
 
-    def activations(self) -> list[str]:
-        """Activation of each Dense layer, in order (what a NumPy forward pass needs)."""
-        return list(self._activations)
+    def activations(self) -> list[str] | None:
+        """Activation of each Dense layer, in order, for a Dense-only model (the NumPy fast
+        path serves it); None for any other model (served by Keras)."""
+        return None if self._activations is None else list(self._activations)
+
+    def config(self) -> str:
+        """The model's Keras config (JSON), to rebuild it without the user's code."""
+        if self._config is None:
+            self._config = portable_config(self.model)
+        return self._config
 
     # -- state for checkpoints ------------------------------------------------------------
 
@@ -224,17 +317,53 @@ class Learner:
             "history": self.history.state(),
             "last_loss": self.last_loss,
             "num_features": self.num_features,
-            "arch": self.arch,
+            "arch": self.plan.spec if self.plan.spec in ("mlp", "linear") else "custom",
             "activations": self.activations(),
+            "model": {**self.plan.describe(), "config": self.config()},
         }
+
+    def check_compatible(self, state: dict[str, Any]) -> None:
+        """ModelMismatch unless `state` was written for this model (its fingerprint; the
+        architecture and width for checkpoints older than `STREAMFIT_MODEL`)."""
+        described = state.get("model")
+        if described is None:
+            if (
+                state["num_features"] != self.num_features
+                or state["arch"] != self.plan.spec
+                or self.task.kind != "binary"
+            ):
+                raise ModelMismatch(
+                    f"checkpoint is for {state['arch']} with {state['num_features']} features "
+                    f"(binary); the service is configured for {self.plan.spec} with "
+                    f"{self.num_features} ({self.task.kind})"
+                )
+            return
+        if described.get("spec") != self.plan.spec:
+            raise ModelMismatch(
+                f"checkpoint holds model {described.get('spec')}, the service is configured "
+                f"for {self.plan.spec}"
+            )
+        if described.get("task") != self.task.state():
+            raise ModelMismatch(
+                f"checkpoint is for task {described.get('task')}, the service is configured "
+                f"for {self.task.state()}"
+            )
+        theirs = described.get("inputs") or {}
+        if theirs != self.inputs.state():
+            raise ModelMismatch(
+                f"checkpoint takes {len(theirs.get('kinds', []))} features "
+                f"{theirs.get('names') or ''}, the service is configured for "
+                f"{self.num_features} {list(self.inputs.names) or ''}".rstrip()
+            )
+        if described.get("fingerprint") != self.plan.fingerprint:
+            raise ModelMismatch(
+                f"checkpoint holds another architecture of {self.plan.spec} (fingerprint "
+                f"{described.get('fingerprint')}, configured {self.plan.fingerprint})"
+            )
 
     def restore(self, state: dict[str, Any]) -> None:
         """Load a state produced by `state()` (possibly by another process)."""
-        if state["num_features"] != self.num_features or state["arch"] != self.arch:
-            raise ValueError(
-                f"checkpoint is for {state['arch']} with {state['num_features']} features, "
-                f"the service is configured for {self.arch} with {self.num_features}"
-            )
+        self.check_compatible(state)
         self.model.set_weights(state["weights"])
         self._weights_after_step = None
         variables = self.optimizer.variables
@@ -255,3 +384,9 @@ class Learner:
         self.history = LearningHistory.from_state(state.get("history", {}))
         loss = state.get("last_loss")
         self.last_loss = None if loss is None or math.isnan(loss) else float(loss)
+
+
+def _name(loss: Any) -> str:
+    return str(
+        getattr(loss, "name", None) or getattr(loss, "__name__", "") or type(loss).__name__
+    ).lower()

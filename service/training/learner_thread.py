@@ -143,10 +143,9 @@ class LearnerThread:
         self.learner.history.event(self.learner.samples_trained, kind, **info)
 
     def _update_metrics(self) -> None:
-        prequential = self.learner.prequential
-        if prequential.accuracy is not None:
-            metrics.PREQUENTIAL_ACCURACY.set(prequential.accuracy)
-            metrics.PREQUENTIAL_LOSS.set(prequential.loss)
+        for name, value in self.learner.prequential.metrics().items():
+            if value is not None:
+                metrics.PREQUENTIAL[name].set(value)
         if self.learner.last_loss is not None:
             metrics.TRAIN_LOSS.set(self.learner.last_loss)
 

@@ -20,6 +20,7 @@ class TrainerStatus:
         self.state = "starting"
         self.paused = False
         self.kafka_connected = False
+        self.schema_registry_error: str | None = None
         self.last_error: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -28,6 +29,11 @@ class TrainerStatus:
             "paused": self.paused,
             "kafka_connected": self.kafka_connected,
             "last_error": self.last_error,
+            **(
+                {"schema_registry_error": self.schema_registry_error}
+                if self.schema_registry_error
+                else {}
+            ),
         }
 
     def consuming(self) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 
+from service import metrics
 from service.checkpoints import Checkpoint, CheckpointError, CheckpointStore
 from service.codec import Codec
 from service.errors import NotTraining, VersionUnusable
@@ -28,6 +29,10 @@ from service.kafka.clients import new_consumer, new_producer
 from service.kafka.connectivity import ConnectivityProbe
 from service.kafka.dead_letters import DeadLetterWriter
 from service.kafka.topics import ensure_topic
+from service.model.inputs import declared_inputs
+from service.model.task import Task
+from service.online_stats import PrequentialWindow
+from service.schema_registry import RegistryUnavailable
 from service.serving.snapshot import SnapshotHolder
 from service.settings import Settings
 from service.training.checkpointing import Checkpointer
@@ -95,7 +100,7 @@ class Trainer:
         self.drift = DriftResponse(settings.drift_policy, settings.drift_threshold)
         self.learner = LearnerThread(settings, snapshots, self.drift)
         self.pipeline = LearnPipeline(
-            Codec(settings.num_features, settings.message_format, settings.max_record_bytes),
+            Codec.for_settings(settings, declared_inputs(settings), Task.of(settings)),
             self.learner,
             self.offsets,
             settings.labels_topic,
@@ -116,6 +121,7 @@ class Trainer:
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._last_record = time.monotonic()
+        self._registry_failures = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -125,6 +131,8 @@ class Trainer:
         await self.learner.start(
             checkpoint.state if checkpoint else None, self.checkpointer.version
         )
+        learner = self.learner.learner
+        self.pipeline.codec = Codec.for_settings(self.settings, learner.inputs, learner.task)
         if checkpoint is not None:
             log.info(
                 "restored checkpoint",
@@ -265,11 +273,38 @@ class Trainer:
         fetched or decoded while a pause began are put back."""
         if not self.status.paused:
             self._record_arrived()
-            decoded, used = await self.pipeline.decode(batches)
+            try:
+                decoded, used = await self.pipeline.decode(batches)
+            except RegistryUnavailable as exc:
+                await self._registry_unavailable(exc)
+                self.pipeline.put_back(session.consumer, batches)
+                return
+            self._registry_available()
             if not self.status.paused:
                 await self.pipeline.submit(batches, decoded, used, session.dead_letters)
                 return
         self.pipeline.put_back(session.consumer, batches)
+
+    async def _registry_unavailable(self, exc: RegistryUnavailable) -> None:
+        """The Schema Registry is down: nothing is dead-lettered for it; the batch is put back
+        and fetched again after a backoff (consuming pauses meanwhile)."""
+        delay = RECONNECT_BACKOFF_S[min(self._registry_failures, len(RECONNECT_BACKOFF_S) - 1)]
+        self._registry_failures += 1
+        self.status.schema_registry_error = str(exc)
+        metrics.SCHEMA_REGISTRY_UP.set(0)
+        log.warning(
+            "schema registry unavailable, retrying", extra={"error": str(exc), "retry_in_s": delay}
+        )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), timeout=delay)
+
+    def _registry_available(self) -> None:
+        if self._registry_failures or self.status.schema_registry_error:
+            log.info("schema registry reachable again")
+        self._registry_failures = 0
+        self.status.schema_registry_error = None
+        if self.settings.message_format == "avro":
+            metrics.SCHEMA_REGISTRY_UP.set(1)
 
     def _record_arrived(self) -> None:
         self._last_record = time.monotonic()
@@ -333,8 +368,8 @@ class Trainer:
     def prequential(self) -> dict[str, Any]:
         learner = self.learner.learner
         if learner is None:
-            return {"accuracy": None, "loss": None}
-        return {"accuracy": learner.prequential.accuracy, "loss": learner.prequential.loss}
+            return PrequentialWindow(task=Task.of(self.settings)).metrics()
+        return learner.prequential.metrics()
 
     def history(self) -> dict[str, Any]:
         learner = self.learner.learner

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 from service.codec import REASONS, Codec, DecodedBatch, encode_csv
+from service.model.inputs import InputSpec
+from service.model.task import Task
 from tests.unit.conftest import make_record
 
 WIDTH = 3
@@ -98,12 +100,105 @@ JSON_REJECTS = [
 ]
 
 
+NAMED = InputSpec(("amount", "country"), ("number", "string"), named=True, ranks=(2, 2))
+COLORS = Task.from_settings("multiclass", classes=("red", "green", "blue"))
+
+
+def named_codec(task: Task = COLORS) -> Codec:
+    return Codec(message_format="json", max_record_bytes=LIMIT, inputs=NAMED, task=task)
+
+
+def named_value(**fields: Any) -> bytes:
+    return json.dumps({"amount": 1.5, "country": "FR", "label": "red", **fields}).encode()
+
+
+# (value, expected reason) for one flat JSON object with named fields, multiclass.
+NAMED_REJECTS = [
+    pytest.param(
+        json.dumps({"country": "FR", "label": "red"}).encode(), "missing_field", id="no-amount"
+    ),
+    pytest.param(named_value(country=None), "missing_field", id="null-is-missing"),
+    pytest.param(
+        json.dumps({"amount": 1, "country": "FR"}).encode(), "missing_field", id="no-label"
+    ),
+    pytest.param(named_value(amount="12"), "bad_type", id="number-as-string"),
+    pytest.param(named_value(country=3), "bad_type", id="string-as-number"),
+    pytest.param(named_value(amount=[1]), "bad_type", id="number-as-list"),
+    pytest.param(named_value(label="purple"), "unknown_class", id="unknown-class-name"),
+    pytest.param(named_value(label=3), "unknown_class", id="class-index-out-of-range"),
+    pytest.param(named_value(amount=1e39), "non_finite", id="float32-overflow"),
+]
+
+
 def _reasons(params: list[Any]) -> set[str]:
     return {p.values[-1] for p in params}
 
 
 def test_every_reason_is_covered_by_a_case() -> None:
-    assert _reasons(CSV_REJECTS) | _reasons(JSON_REJECTS) == set(REASONS)
+    covered = _reasons(CSV_REJECTS) | _reasons(JSON_REJECTS) | _reasons(NAMED_REJECTS)
+    # unknown_schema: an Avro schema id the registry does not know (tests/unit/test_avro.py
+    # and the Avro codec test below).
+    assert covered | {"unknown_schema"} == set(REASONS)
+
+
+@pytest.mark.parametrize(("value", "reason"), NAMED_REJECTS)
+def test_named_reject(value: bytes, reason: str) -> None:
+    batch = decode_one(named_codec(), make_record(value))
+    assert [r.reason for r in batch.rejects] == [reason]
+    assert batch.rejects[0].detail
+
+
+def test_named_records_by_name_with_extra_fields_ignored() -> None:
+    records = [
+        make_record(named_value(amount=2, country="DE", label="blue", note="extra")),
+        make_record(named_value(amount=True, label=1)),  # an index, a bool as a number
+        make_record(json.dumps({"features": [3, "US"], "label": "green"}).encode()),
+        make_record(named_value(label="purple")),
+    ]
+    batch = named_codec().decode(records)
+    assert isinstance(batch.features, dict)
+    assert batch.features["amount"].tolist() == [[2.0], [1.0], [3.0]]
+    assert batch.features["country"].tolist() == [["DE"], ["FR"], ["US"]]
+    assert batch.labels.tolist() == [2.0, 1.0, 1.0]
+    assert [r.reason for r in batch.rejects] == ["unknown_class"]
+
+
+def test_named_fields_into_a_positional_model_follow_the_features_order() -> None:
+    inputs = InputSpec.positional(3, ("c", "a", "b"))
+    codec = Codec(message_format="json", inputs=inputs, task=Task.from_settings("regression"))
+    value = json.dumps({"a": 1, "b": 2, "c": 3, "label": 0.25}).encode()
+    batch = codec.decode([make_record(value)])
+    assert batch.features.tolist() == [[3.0, 1.0, 2.0]]
+    assert batch.labels.tolist() == [0.25]
+
+
+def test_binary_named_records_take_class_names_and_booleans() -> None:
+    task = Task.from_settings("binary", classes=("legit", "fraud"))
+    codec = Codec(message_format="json", inputs=NAMED, task=task, label_field="is_fraud")
+    values = [named_value(is_fraud=v) for v in ("fraud", "legit", True, 0, "maybe")]
+    batch = codec.decode([make_record(v) for v in values])
+    assert batch.labels.tolist() == [1.0, 0.0, 1.0, 0.0]
+    assert [r.reason for r in batch.rejects] == ["unknown_class"]
+
+
+@pytest.mark.parametrize(
+    ("task", "key", "label"),
+    [
+        (Task.from_settings("regression"), b"-2.5", -2.5),
+        (COLORS, b"blue", 2.0),
+        (COLORS, b"1", 1.0),
+        (Task.from_settings("multiclass", classes=("3", "1", "2")), b"1", 1.0),  # a name wins
+    ],
+)
+def test_csv_keys_by_task(task: Task, key: bytes, label: float) -> None:
+    codec = Codec(message_format="csv", inputs=InputSpec.positional(WIDTH), task=task)
+    batch = codec.decode([make_record(b"1,2,3", key=key)])
+    assert batch.labels.tolist() == [label] and not batch.rejects
+
+
+def test_csv_is_refused_for_string_inputs() -> None:
+    with pytest.raises(ValueError, match="string inputs"):
+        Codec(message_format="csv", inputs=NAMED)
 
 
 @pytest.mark.parametrize(("key", "value", "reason"), CSV_REJECTS)

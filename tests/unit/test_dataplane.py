@@ -70,12 +70,12 @@ def test_unknown_model_and_no_model_yet(tmp_path) -> None:
 
 def test_infer_checks_shape_against_data(tmp_path) -> None:
     dataplane, _ = plane(tmp_path)
-    answer = asyncio.run(dataplane.infer("susy", [2, 18], ROW + ROW, "r1"))
+    answer = asyncio.run(dataplane.infer("susy", [("x", [2, 18], "FP32", ROW + ROW)], "r1"))
     output = answer["outputs"][0]
     assert output["name"] == "probability" and output["shape"] == [2, 1]
     assert answer["id"] == "r1" and answer["model_version"] == "3"
     with pytest.raises(errors.InvalidInput, match="does not match 18 data values"):
-        asyncio.run(dataplane.infer("susy", [2, 18], ROW, None))
+        asyncio.run(dataplane.infer("susy", [("x", [2, 18], "FP32", ROW)], None))
 
 
 def test_model_info_lag_and_readiness_come_from_the_source(tmp_path) -> None:

@@ -191,12 +191,12 @@ def concept_b(kind: str) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.fixture(scope="module", params=["label flip", "permuted features"])
 def drift_run(request: pytest.FixtureRequest) -> DriftRun:
-    from service.training.learner import Learner
+    from service.training.learner import builtin_learner
 
     xa, ya = synthetic_susy(BEFORE, seed=11)
     xb, yb = concept_b(request.param)
     x, y = np.concatenate([xa, xb]), np.concatenate([ya, yb])
-    learner = Learner(x.shape[1], seed=0)
+    learner = builtin_learner(x.shape[1], seed=0)
     detector = DriftDetector()
     detections, onsets, correct = [], [], []
     for start in range(0, y.size, BATCH):

@@ -10,7 +10,7 @@ import pytest
 from service.checkpoints import Checkpoint, CheckpointStore
 from service.online_stats import PrequentialWindow, RunningStandardizer, log_losses
 from service.synthetic import synthetic_susy
-from service.training.learner import Learner
+from service.training.learner import Learner, builtin_learner
 
 BATCH = 128
 
@@ -21,7 +21,7 @@ def batches(count: int, seed: int = 0, width: int = 18) -> list[tuple[np.ndarray
 
 
 def trained(arch: str, count: int = 4, seed: int = 0) -> Learner:
-    learner = Learner(18, arch, seed=seed)
+    learner = builtin_learner(18, arch, seed=seed)
     for x, y in batches(count, seed=10 + seed):
         learner.learn(x, y)
     return learner
@@ -37,7 +37,7 @@ def copy_dropout_rng(source: Learner, target: Learner) -> None:
 
 def test_the_compiled_step_standardizes_as_the_numpy_standardizer_does() -> None:
     """The running statistics move inside the TensorFlow step; they must match the reference."""
-    learner = Learner(18, "linear")
+    learner = builtin_learner(18, "linear")
     reference = RunningStandardizer(18)
     rng = np.random.default_rng(3)
     for size in (1, 2, 37, 128, 5):  # a first batch of one sample: std stays 1 until two
@@ -51,7 +51,7 @@ def test_the_compiled_step_standardizes_as_the_numpy_standardizer_does() -> None
 
 
 def test_the_compiled_step_counts_prequential_metrics_as_the_window_does() -> None:
-    learner = Learner(18, "mlp")
+    learner = builtin_learner(18, "mlp")
     reference = PrequentialWindow(learner.prequential.window)
     for x, y in batches(5, seed=4):
         result = learner.learn(x, y)
@@ -71,7 +71,7 @@ def test_learn_scores_with_the_model_and_standardizer_from_before_the_update() -
     np.testing.assert_array_equal(before, learner.evaluate_probabilities(x))  # no dropout
 
     # What scoring after the standardizer update (but with the old weights) would give.
-    other = Learner(18, "mlp")
+    other = builtin_learner(18, "mlp")
     other.restore(learner.state())
     other.standardizer.update(x)
     with_new_standardizer = other.evaluate_probabilities(x)
@@ -93,7 +93,7 @@ def test_learn_scores_with_the_model_and_standardizer_from_before_the_update() -
 
 
 def test_first_batch_feeds_the_prequential_window() -> None:
-    learner = Learner(18, "linear", seed=3)
+    learner = builtin_learner(18, "linear", seed=3)
     x, y = batches(1, seed=4)[0]
     expected = learner.evaluate_probabilities(x)
     result = learner.learn(x, y)
@@ -108,7 +108,7 @@ def test_first_batch_feeds_the_prequential_window() -> None:
 @pytest.mark.parametrize("arch", ["mlp", "linear"])
 def test_restore_gives_identical_predictions_and_counters(arch: str) -> None:
     original = trained(arch)
-    restored = Learner(18, arch, seed=123)
+    restored = builtin_learner(18, arch, seed=123)
     restored.restore(original.state())
 
     x, _ = batches(2, seed=77)[1]
@@ -140,7 +140,7 @@ def _continue_both(original: Learner, restored: Learner, steps: int = 3) -> None
 
 def test_restore_continues_training_identically_linear() -> None:
     original = trained("linear")
-    restored = Learner(18, "linear", seed=5)
+    restored = builtin_learner(18, "linear", seed=5)
     restored.restore(original.state())
     _continue_both(original, restored)
 
@@ -149,7 +149,7 @@ def test_restore_continues_training_identically_mlp_given_the_dropout_rng() -> N
     # The weights and the optimizer state (Adam moments, iteration count) restore exactly:
     # with dropout's random state copied by hand the continuation is bit-identical.
     original = trained("mlp")
-    restored = Learner(18, "mlp", seed=5)
+    restored = builtin_learner(18, "mlp", seed=5)
     restored.restore(original.state())
     copy_dropout_rng(original, restored)
     _continue_both(original, restored)
@@ -157,7 +157,7 @@ def test_restore_continues_training_identically_mlp_given_the_dropout_rng() -> N
 
 def test_restore_continues_training_identically_mlp() -> None:
     original = trained("mlp")
-    restored = Learner(18, "mlp")  # same seed as the original, still differs
+    restored = builtin_learner(18, "mlp")  # same seed as the original, still differs
     restored.restore(original.state())
     _continue_both(original, restored)
 
@@ -169,7 +169,7 @@ def test_restore_through_a_checkpoint_file(tmp_path: Path) -> None:
     loaded = store.latest()
     assert loaded is not None
 
-    restored = Learner(18, "linear", seed=9)
+    restored = builtin_learner(18, "linear", seed=9)
     restored.restore(loaded.state)
     x, _ = batches(1, seed=31)[0]
     np.testing.assert_array_equal(
@@ -179,7 +179,7 @@ def test_restore_through_a_checkpoint_file(tmp_path: Path) -> None:
 
 
 def test_variable_batch_sizes_do_not_retrace() -> None:
-    learner = Learner(18, "mlp")
+    learner = builtin_learner(18, "mlp")
     x, y = synthetic_susy(1 + 7 + 256 + 3, seed=2)
     start = 0
     for size in (1, 7, 256, 3):
@@ -191,10 +191,10 @@ def test_variable_batch_sizes_do_not_retrace() -> None:
 
 
 def test_restore_with_other_num_features_is_refused() -> None:
-    narrow = Learner(5, "linear")
+    narrow = builtin_learner(5, "linear")
     x, y = batches(1, width=5)[0]
     narrow.learn(x, y)
-    learner = Learner(18, "linear")
+    learner = builtin_learner(18, "linear")
     weights = learner.model.get_weights()
     with pytest.raises(ValueError, match="5 features"):
         learner.restore(narrow.state())
@@ -204,16 +204,16 @@ def test_restore_with_other_num_features_is_refused() -> None:
 
 def test_restore_with_other_architecture_is_refused() -> None:
     with pytest.raises(ValueError, match="linear"):
-        Learner(18, "mlp").restore(Learner(18, "linear").state())
+        builtin_learner(18, "mlp").restore(builtin_learner(18, "linear").state())
 
 
 def test_restore_with_mismatched_optimizer_state_is_refused() -> None:
-    state = Learner(18, "linear").state()
+    state = builtin_learner(18, "linear").state()
     state["optimizer"] = state["optimizer"][:-1]
     with pytest.raises(ValueError, match="optimizer"):
-        Learner(18, "linear").restore(state)
+        builtin_learner(18, "linear").restore(state)
 
 
 def test_unknown_architecture_is_refused() -> None:
     with pytest.raises(ValueError, match="cnn"):
-        Learner(18, "cnn")
+        builtin_learner(18, "cnn")

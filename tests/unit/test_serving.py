@@ -8,6 +8,9 @@ import keras
 import numpy as np
 import pytest
 
+from service.model.inputs import InputSpec
+from service.model.resolve import dense_activations, portable_config
+from service.model.task import Task
 from service.online_stats import RunningStandardizer
 from service.serving.snapshot import (
     SnapshotHolder,
@@ -16,12 +19,12 @@ from service.serving.snapshot import (
     snapshot_from_state,
 )
 from service.synthetic import synthetic_susy
-from service.training.learner import Learner
+from service.training.learner import Learner, builtin_learner
 
 
 @pytest.fixture(scope="module")
 def mlp() -> Learner:
-    learner = Learner(18, "mlp", seed=4)
+    learner = builtin_learner(18, "mlp", seed=4)
     x, y = synthetic_susy(256 * 8, seed=21)
     for i in range(0, len(y), 256):
         learner.learn(x[i : i + 256], y[i : i + 256])
@@ -61,7 +64,7 @@ def test_snapshot_from_state_matches_keras(mlp: Learner) -> None:
 
 
 def test_linear_snapshot_matches_keras() -> None:
-    learner = Learner(18, "linear", seed=1)
+    learner = builtin_learner(18, "linear", seed=1)
     x, y = synthetic_susy(1024, seed=24)
     for i in range(0, 1024, 128):
         learner.learn(x[i : i + 128], y[i : i + 128])
@@ -85,7 +88,7 @@ def test_snapshot_arrays_are_read_only_copies(mlp: Learner) -> None:
     # A copy: changing the learner afterwards does not change a published snapshot.
     x = probe_rows(200, seed=26)
     before = snapshot.predict(x)
-    other = Learner(18, "mlp", seed=4)
+    other = builtin_learner(18, "mlp", seed=4)
     other.restore(mlp.state())
     other.standardizer.update(x + 10.0)
     other.model.set_weights([w + 1.0 for w in other.model.get_weights()])
@@ -104,8 +107,8 @@ def test_predict_does_not_modify_its_input(mlp: Learner) -> None:
 def test_unsupported_activation_is_refused() -> None:
     rng = np.random.default_rng(0)
     weights = [rng.standard_normal((3, 1)), np.zeros(1)]
-    with pytest.raises(TypeError, match="softmax"):
-        build_snapshot(weights, ["softmax"], np.zeros(3), np.ones(3), 1, 0, 0)
+    with pytest.raises(TypeError, match="gelu"):
+        build_snapshot(weights, ["gelu"], np.zeros(3), np.ones(3), 1, 0, 0)
     snapshot = build_snapshot(weights, ["tanh"], np.zeros(3), np.ones(3), 1, 0, 0)
     x = rng.standard_normal((4, 3))
     np.testing.assert_allclose(snapshot.predict(x), np.tanh(x @ weights[0])[:, 0], rtol=1e-6)
@@ -173,10 +176,31 @@ def _learner_like(model: keras.Model) -> SimpleNamespace:
         ),
     ],
 )
-def test_unsupported_model_is_refused(layers: list[keras.layers.Layer]) -> None:
+def test_other_models_take_the_keras_path_and_match_keras(
+    layers: list[keras.layers.Layer],
+) -> None:
+    """Not Dense-only: no NumPy layers, but the Keras config run with the snapshot's weights
+    answers what the model itself answers."""
     model = keras.Sequential([keras.Input((4,)), *layers])
-    with pytest.raises(TypeError):
-        snapshot_from_learner(_learner_like(model), version=1)
+    inputs = InputSpec.positional(4)
+    assert dense_activations(model, inputs) is None
+    snapshot = build_snapshot(
+        model.get_weights(),
+        None,
+        np.empty(0),
+        np.empty(0),
+        1,
+        0,
+        0,
+        Task(),
+        inputs,
+        portable_config(model),
+    )
+    assert snapshot.layers == () and snapshot.runner is not None
+    x = np.random.default_rng(5).standard_normal((7, 4)).astype(np.float32)
+    np.testing.assert_allclose(
+        snapshot.predict(x), np.asarray(model(x, training=False))[:, 0], rtol=1e-5, atol=1e-5
+    )
 
 
 def test_snapshot_holder_swaps_whole_snapshots(mlp: Learner) -> None:
@@ -203,7 +227,7 @@ def test_the_served_version_never_goes_back(mlp: Learner) -> None:
 
 def test_snapshot_matches_keras_for_large_offset_features() -> None:
     rng = np.random.default_rng(6)
-    learner = Learner(18, "linear", seed=2)
+    learner = builtin_learner(18, "linear", seed=2)
     for _ in range(8):
         x = (1e5 + rng.standard_normal((256, 18))).astype(np.float32)
         learner.learn(x, (x[:, 0] > 1e5).astype(np.float32))

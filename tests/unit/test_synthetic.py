@@ -38,9 +38,9 @@ def test_class_balance() -> None:
 
 
 def _prequential_accuracy(arch: str, x: np.ndarray, y: np.ndarray) -> float:
-    from service.training.learner import Learner
+    from service.training.learner import builtin_learner
 
-    learner = Learner(WIDTH, arch, seed=0)
+    learner = builtin_learner(WIDTH, arch, seed=0)
     for i in range(0, len(y), 256):
         learner.learn(x[i : i + 256], y[i : i + 256])
     accuracy = learner.prequential.accuracy
@@ -104,10 +104,10 @@ def test_other_widths(width: int) -> None:
 
 @pytest.mark.parametrize("width", [5, 40])
 def test_learner_trains_on_other_widths(width: int) -> None:
-    from service.training.learner import Learner
+    from service.training.learner import builtin_learner
 
     x, y = synthetic_susy(512, seed=5, num_features=width)
-    learner = Learner(width, "mlp")
+    learner = builtin_learner(width, "mlp")
     for i in range(0, 512, 256):
         result = learner.learn(x[i : i + 256], y[i : i + 256])
         assert np.isfinite(result.loss)

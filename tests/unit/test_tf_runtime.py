@@ -32,7 +32,7 @@ NOISE_IN_OUTPUT = re.compile(r"absl::InitializeLog|^[IW]\d{4} |cuInit|oneDNN|cud
 def test_importing_the_learner_and_running_a_model_prints_no_tensorflow_noise() -> None:
     script = (
         "import service.training.learner as learner\n"
-        "model = learner.build_model(18)\n"
+        "model = learner.builtin_learner(18).model\n"
         "print(model(learner.tf.zeros((2, 18))).shape)\n"
     )
     # The service's own default log level, whatever this test process was started with.

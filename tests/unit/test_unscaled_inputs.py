@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 from service.synthetic import synthetic_susy
-from service.training.learner import Learner
+from service.training.learner import builtin_learner
 
 
 def _prequential_accuracy(x: np.ndarray, y: np.ndarray) -> float:
-    learner = Learner(x.shape[1], "mlp", seed=3)
+    learner = builtin_learner(x.shape[1], "mlp", seed=3)
     for start in range(0, len(y), 256):
         learner.learn(x[start : start + 256], y[start : start + 256].astype(np.float32))
     accuracy = learner.prequential.accuracy
