@@ -26,6 +26,7 @@ from typing import Any
 
 from service.broker import EmbeddedBroker, free_port
 from service.producer import produce, synthetic_pairs
+from service.settings import unknown_setting_names
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -38,6 +39,13 @@ def process_cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far (all its threads)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def service_environ() -> dict[str, str]:
+    """This process's environment for a `streamfit` child, without STREAMFIT_ variables that
+    are not settings (the test suite's switches, say), which the service refuses."""
+    unknown = set(unknown_setting_names(os.environ))
+    return {name: value for name, value in os.environ.items() if name not in unknown}
 
 
 def parse_prometheus(text: str) -> dict[str, float]:
@@ -65,7 +73,7 @@ class Service:
     def __init__(self, env: dict[str, str], source: Path, log_path: Path) -> None:
         self.port = free_port()
         self.env = {
-            **os.environ,
+            **service_environ(),
             "STREAMFIT_HTTP_PORT": str(self.port),
             "STREAMFIT_LOG_FORMAT": "json",
             **env,
@@ -245,7 +253,7 @@ class BackgroundStream:
             "--topic", topic, "--partitions", str(partitions),
             "--synthetic", "--forever", "--seed", str(seed), "--rate", str(rate), "--quiet",
         ]  # fmt: skip
-        self.env = {**os.environ, "STREAMFIT_KAFKA_BOOTSTRAP": bootstrap}
+        self.env = {**service_environ(), "STREAMFIT_KAFKA_BOOTSTRAP": bootstrap}
         self.source = source
         self.process: subprocess.Popen[bytes] | None = None
 

@@ -160,10 +160,19 @@ def cmd_dev(args: argparse.Namespace) -> int:
     from service.broker import EmbeddedBroker
 
     broker = EmbeddedBroker(port=args.broker_port)
-    broker.start()
     bootstrap = broker.bootstrap
+    # Before anything starts, so a bad or unknown setting stops `make run` with its one line.
+    settings = _settings_from(
+        args, kafka_bootstrap=bootstrap, train_topic=args.topic, log_format="text"
+    )
+    broker.start()
     print(f"broker on {bootstrap}; seeding {args.seed_rows} records into {args.topic}", flush=True)
-    env = {**os.environ, "STREAMFIT_KAFKA_BOOTSTRAP": bootstrap}
+    # The producers read the same environment: pass on what `--unknown-settings` decided.
+    env = {
+        **os.environ,
+        "STREAMFIT_KAFKA_BOOTSTRAP": bootstrap,
+        "STREAMFIT_UNKNOWN_SETTINGS": settings.unknown_settings,
+    }
     base = [sys.executable, "-m", "service", "produce", "--topic", args.topic, "--partitions", "3"]
     stream: subprocess.Popen[bytes] | None = None
     try:
@@ -176,9 +185,6 @@ def cmd_dev(args: argparse.Namespace) -> int:
             [*base, "--synthetic", "--forever", "--seed", "2", "--rate", str(args.rate), "--quiet"],
             env=env,
             start_new_session=True,  # stopped by us after the service, not by Ctrl-C
-        )
-        settings = _settings_from(
-            args, kafka_bootstrap=bootstrap, train_topic=args.topic, log_format="text"
         )
         print(
             f"serving on http://{settings.http_host}:{settings.http_port} (Ctrl-C stops all)",

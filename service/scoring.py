@@ -130,6 +130,12 @@ def evaluate(probabilities: np.ndarray, labels: np.ndarray) -> Evaluation | None
 
 
 def predict_rowwise(snapshot: ModelSnapshot, x: Batch) -> np.ndarray:
+    """`ModelSnapshot.predict`'s answer (probabilities [n] for binary), row by row."""
+    outputs = outputs_rowwise(snapshot, x)
+    return outputs if snapshot.task.kind == "multiclass" else outputs[:, 0]
+
+
+def outputs_rowwise(snapshot: ModelSnapshot, x: Batch) -> np.ndarray:
     """The snapshot's outputs [n, K], each row multiplied on its own (stacked 1-row matmuls).
 
     Gives bit-identical results for a row whatever rows share its batch, which a BLAS product
@@ -591,7 +597,7 @@ class Scorer:
         assert self.codec is not None
         batch = decode_for_scoring(self.codec, records)
         outputs = (
-            predict_rowwise(snapshot, batch.features)
+            outputs_rowwise(snapshot, batch.features)
             if len(batch.records)
             else np.empty((0, snapshot.task.outputs))
         )

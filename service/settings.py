@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+import difflib
+import logging
+import os
+import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    AliasPath,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+logger = logging.getLogger(__name__)
+
+ENV_PREFIX = "STREAMFIT_"
 
 # Fault hooks: environment variables the test suite sets to make a process fail on purpose at
 # one moment. They are not settings (no flag, nothing in Settings) and do nothing unless set.
@@ -16,15 +33,24 @@ FAULT_HOOKS = {
     "batch and before committing its offsets",
 }
 
+# Kubernetes service-link variables of a Service named `streamfit` (STREAMFIT_SERVICE_HOST,
+# STREAMFIT_PORT_8000_TCP_ADDR, ...): injected into the pods of its namespace, not settings.
+SERVICE_LINK = re.compile(r"STREAMFIT_(?:SERVICE_HOST|SERVICE_PORT(?:_.+)?|PORT(?:_.+)?)")
+WHERE_SETTINGS_ARE_LISTED = (
+    "the settings are listed in README.md (Configuration) and by `streamfit serve --help`"
+)
+
 
 class SettingsError(Exception):
-    """A setting is invalid; the message is one line naming it."""
+    """A setting is invalid or unknown; the message is one line naming it."""
 
 
 class Settings(BaseSettings):
     """The service configuration. Field names are the setting names in lower case."""
 
-    model_config = SettingsConfigDict(env_prefix="STREAMFIT_", extra="ignore", frozen=True)
+    # extra="ignore" only concerns keyword arguments: unknown STREAMFIT_ variables are
+    # refused by load_settings (unknown_setting_names).
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
 
     kafka_bootstrap: str = Field("127.0.0.1:9092", min_length=1)
     train_topic: str = Field(
@@ -65,6 +91,7 @@ class Settings(BaseSettings):
     api_key: str | None = Field(None, repr=False)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_format: Literal["json", "text"] = "json"
+    unknown_settings: Literal["error", "warn"] = "error"
     predictor_reload_s: float = Field(2.0, gt=0)
     snapshot_interval_s: float = Field(0.05, ge=0)
     drift_policy: Literal["none", "alert", "reset_optimizer", "rollback"] = "alert"
@@ -163,10 +190,80 @@ class Settings(BaseSettings):
         return options
 
 
+def setting_env_names(model: type[BaseSettings] = Settings) -> set[str]:
+    """The environment variable names `model` reads, upper-cased: STREAMFIT_<FIELD>, or a
+    field's validation aliases when it has them (pydantic-settings then reads only those)."""
+    prefix = str(model.model_config.get("env_prefix") or "").upper()
+    return {
+        env
+        for name, field in model.model_fields.items()
+        for env in _field_env_names(prefix, name, field)
+    }
+
+
+def _field_env_names(prefix: str, name: str, field: FieldInfo) -> list[str]:
+    alias = field.validation_alias
+    if alias is None:
+        return [prefix + name.upper()]
+    choices = alias.choices if isinstance(alias, AliasChoices) else [alias]
+    return [str(c.path[0] if isinstance(c, AliasPath) else c).upper() for c in choices]
+
+
+def unknown_setting_names(environ: Mapping[str, str]) -> list[str]:
+    """The STREAMFIT_ variables of `environ` that are not a setting, a fault hook or a
+    Kubernetes service link, sorted. Matched without case, as pydantic-settings reads them.
+
+    >>> unknown_setting_names({"STREAMFIT_BATCHSIZE": "64", "STREAMFIT_BATCH_SIZE": "64",
+    ...     "STREAMFIT_PORT_8000_TCP_ADDR": "10.0.0.7", "HOME": "/root"})
+    ['STREAMFIT_BATCHSIZE']
+    """
+    known = setting_env_names() | FAULT_HOOKS.keys()
+    return sorted(
+        name
+        for name in environ
+        if (upper := name.upper()).startswith(ENV_PREFIX)
+        and upper not in known
+        and not SERVICE_LINK.fullmatch(upper)
+    )
+
+
+def _nearest(name: str) -> str | None:
+    """The valid name closest to `name`, compared without the prefix all names share."""
+    by_suffix = {
+        valid.removeprefix(ENV_PREFIX): valid for valid in setting_env_names() | FAULT_HOOKS.keys()
+    }
+    close = difflib.get_close_matches(name.upper().removeprefix(ENV_PREFIX), by_suffix, n=1)
+    return by_suffix[close[0]] if close else None
+
+
+def describe_unknown(names: list[str]) -> str:
+    """One line naming the unknown variables, each with the nearest valid name.
+
+    >>> describe_unknown(["STREAMFIT_BATCHSIZE"])
+    'unknown setting STREAMFIT_BATCHSIZE (did you mean STREAMFIT_BATCH_SIZE?)'
+    """
+    nearest = {name: _nearest(name) for name in names}
+    parts = [
+        f"{name} (did you mean {valid}?)" if valid else f"{name} (no setting has a similar name)"
+        for name, valid in nearest.items()
+    ]
+    line = f"unknown setting{'s' if len(names) > 1 else ''} {', '.join(parts)}"
+    return line if all(nearest.values()) else f"{line}; {WHERE_SETTINGS_ARE_LISTED}"
+
+
 def load_settings(**overrides: object) -> Settings:
-    """Build Settings from the environment plus explicit overrides, or raise SettingsError."""
+    """Build Settings from the environment plus explicit overrides, or raise SettingsError.
+
+    An unknown STREAMFIT_ variable (a misspelt setting would be ignored otherwise) stops
+    start-up, before any value is validated (a misspelling often explains an invalid
+    combination); with UNKNOWN_SETTINGS=warn it is logged and ignored.
+    """
+    given = {k: v for k, v in overrides.items() if v is not None}
+    unknown = unknown_setting_names(os.environ)
+    if unknown and _unknown_settings_mode(given) != "warn":
+        raise SettingsError(describe_unknown(unknown))
     try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]
+        settings = Settings(**given)  # type: ignore[arg-type]
     except ValidationError as exc:
         first = exc.errors()[0]
         message = first["msg"].removeprefix("Value error, ")
@@ -174,3 +271,15 @@ def load_settings(**overrides: object) -> Settings:
             raise SettingsError(f"invalid settings: {message}") from None
         name = ".".join(str(p) for p in first["loc"])
         raise SettingsError(f"invalid setting STREAMFIT_{name.upper()}: {message}") from None
+    for name in unknown:
+        logger.warning("STREAMFIT_UNKNOWN_SETTINGS=warn: ignoring %s", describe_unknown([name]))
+    return settings
+
+
+def _unknown_settings_mode(given: Mapping[str, object]) -> object:
+    """UNKNOWN_SETTINGS as given, before Settings validates it (unknown names are checked
+    first); pydantic-settings matches environment names without case."""
+    if "unknown_settings" in given:
+        return given["unknown_settings"]
+    names = {name.upper(): value for name, value in os.environ.items()}
+    return names.get(f"{ENV_PREFIX}UNKNOWN_SETTINGS", "error")

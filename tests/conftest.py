@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from service.broker import EmbeddedBroker, free_port
+from service.settings import unknown_setting_names
 from tests.schema_registry import StandInSchemaRegistry
 from tests.support import ServiceProcess
 
@@ -20,6 +22,15 @@ def broker() -> Iterator[EmbeddedBroker]:
     instance.start()
     yield instance
     instance.stop()
+
+
+@pytest.fixture
+def without_test_switches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hide the test suite's own STREAMFIT_ switches (STREAMFIT_SLOW, ...) from settings loaded
+    in this process, which would refuse them as unknown (tests.support.service_environ does
+    the same for child processes). Read a switch before this fixture runs, at import."""
+    for name in unknown_setting_names(os.environ):
+        monkeypatch.delenv(name)
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from typing import Any
 
 from service.broker import free_port
 from service.producer import produce, synthetic_pairs
-from service.settings import Settings
+from service.settings import Settings, unknown_setting_names
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,6 +25,14 @@ ROOT = Path(__file__).resolve().parents[1]
 # (ServiceProcess.join_timeout_s says why).
 JOIN_SESSIONS = 3
 JOIN_MARGIN_S = 10.0
+
+
+def service_environ() -> dict[str, str]:
+    """This process's environment for a `streamfit` child process, without the test suite's
+    own switches (STREAMFIT_SLOW, STREAMFIT_REQUIRE_TOOLS, ...): they are not settings, and the
+    service refuses unknown STREAMFIT_ variables."""
+    unknown = set(unknown_setting_names(os.environ))
+    return {name: value for name, value in os.environ.items() if name not in unknown}
 
 
 def produce_synthetic(
@@ -100,7 +108,7 @@ class ServiceProcess:
     def __init__(self, env: dict[str, str], log_path: Path, args: list[str] | None = None) -> None:
         self.port = int(env.get("STREAMFIT_HTTP_PORT") or free_port())
         self.env = {
-            **os.environ,
+            **service_environ(),
             "STREAMFIT_HTTP_PORT": str(self.port),
             "STREAMFIT_LOG_FORMAT": "json",
             **env,

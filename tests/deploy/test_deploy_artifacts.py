@@ -212,13 +212,13 @@ def selector_matches(selector: dict[str, Any], labels: dict[str, str]) -> bool:
 
 @pytest.fixture(scope="module")
 def setting_env_names() -> set[str]:
-    """STREAMFIT_* names of the real settings: Settings' fields, upper-cased, prefixed."""
-    from service.settings import Settings
+    """STREAMFIT_* names of the real settings: Settings' fields, upper-cased, prefixed (the
+    service's own list, the one start-up checks the environment against)."""
+    from service import settings
 
-    prefix = Settings.model_config.get("env_prefix")
-    assert prefix == "STREAMFIT_", f"Settings env_prefix changed to {prefix!r}"
-    names = {f"{prefix}{field.upper()}" for field in Settings.model_fields}
+    names = settings.setting_env_names()
     assert "STREAMFIT_KAFKA_BOOTSTRAP" in names
+    assert all(name.startswith("STREAMFIT_") for name in names), sorted(names)
     return names
 
 
@@ -270,8 +270,9 @@ def exported_series(app_routes: dict[str, set[str]]) -> set[str]:
 
 @pytest.fixture()
 def settings_accept(monkeypatch: pytest.MonkeyPatch):
-    """Returns check(env, where): Settings must load from exactly that environment."""
-    from service.settings import Settings
+    """Returns check(env, where): start-up's settings (load_settings, which also refuses unknown
+    STREAMFIT_ names) must load from exactly that environment."""
+    from service.settings import load_settings
 
     def check(env: dict[str, str], where: str) -> None:
         with monkeypatch.context() as patch:
@@ -282,8 +283,8 @@ def settings_accept(monkeypatch: pytest.MonkeyPatch):
                 if name.startswith("STREAMFIT_"):
                     patch.setenv(name, value)
             try:
-                Settings()
-            except Exception as exc:  # pydantic ValidationError, or the model validator
+                load_settings()
+            except Exception as exc:  # SettingsError, or anything else a bad value raises
                 pytest.fail(f"{where}: Settings rejects this environment: {exc}")
 
     return check

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from service.broker import broker_binary, free_port
-from tests.support import ROOT
+from tests.support import ROOT, service_environ
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="the broker dies with its parent on Linux only"
@@ -76,6 +76,7 @@ def test_sigkill_of_the_command_frees_the_broker_port(tmp_path: Path) -> None:
         command = subprocess.Popen(
             [sys.executable, "-m", "service", "broker", "--port", str(port)],
             cwd=ROOT,
+            env=service_environ(),
             stdout=log,
             stderr=subprocess.STDOUT,
         )

@@ -8,7 +8,7 @@ import sys
 
 from service.codec import encode_csv
 from service.synthetic import synthetic_susy
-from tests.support import produce_pairs, produce_synthetic, wait_for
+from tests.support import produce_pairs, produce_synthetic, service_environ, wait_for
 
 
 def test_drift_is_detected_near_the_change_and_reported(broker, topic, service_factory, tmp_path):
@@ -44,6 +44,7 @@ def test_drift_is_detected_near_the_change_and_reported(broker, topic, service_f
             "--output",
             str(png),
         ],
+        env=service_environ(),
         capture_output=True,
         text=True,
         timeout=120,

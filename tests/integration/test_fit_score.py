@@ -31,6 +31,8 @@ from service.producer import synthetic_pairs
 from service.scoring import CRASH_ENV, CRASH_EXIT_CODE
 from tests.support import ROOT, ServiceProcess, produce_pairs, produce_synthetic, write_raw
 
+# A broker that keeps transactional offsets, for test_transactional_rerun_scores_nothing.
+TXN_BOOTSTRAP = os.environ.get("STREAMFIT_TEST_TXN_BOOTSTRAP")
 TRAIN_ROWS = 4000
 TEST_ROWS = 2000
 BAD_PAIRS: list[tuple[bytes | None, bytes | None]] = [(b"1", b"1,2,3"), (b"7", b"0.5," * 17 + b"1")]
@@ -205,6 +207,7 @@ def test_fit_checkpoints_at_topic_end_and_serve_continues_from_there(
         service.stop()
 
 
+@pytest.mark.usefixtures("without_test_switches")
 def test_fit_resumes_from_the_newest_checkpoint_unless_fresh(fitted, tmp_path: Path):
     from service.settings import load_settings
     from service.training.fitting import fit
@@ -389,6 +392,7 @@ def mock_cluster() -> Iterator[tuple[str, Any]]:
     owner.flush(5)
 
 
+@pytest.mark.usefixtures("without_test_switches")
 def test_score_in_kafka_transactions(fitted, mock_cluster, monkeypatch: pytest.MonkeyPatch):
     from aiokafka import AIOKafkaProducer
 
@@ -430,8 +434,9 @@ def test_score_in_kafka_transactions(fitted, mock_cluster, monkeypatch: pytest.M
     assert final == {p: end for p, end in input_ends.items() if end}  # 4 partitions, 2 empty
 
 
+@pytest.mark.usefixtures("without_test_switches")
 def test_transactional_rerun_scores_nothing(fitted):
-    bootstrap = os.environ.get("STREAMFIT_TEST_TXN_BOOTSTRAP")
+    bootstrap = TXN_BOOTSTRAP
     if not bootstrap:
         pytest.skip(
             "needs a broker that keeps transactional offsets (set STREAMFIT_TEST_TXN_BOOTSTRAP, "

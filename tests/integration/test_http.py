@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from tests.support import ServiceProcess, produce_synthetic, wait_for
+from tests.support import ServiceProcess, produce_synthetic, service_environ, wait_for
 
 ROW = [0.1] * 18
 API_KEY = "s3cret-token"
@@ -274,6 +274,7 @@ def test_lag_route_and_cli_agree(broker, topic, service_factory):
             "--kafka-bootstrap",
             broker.bootstrap,
         ],
+        env=service_environ(),
         capture_output=True,
         text=True,
         timeout=60,

@@ -11,7 +11,13 @@ from pathlib import Path
 import numpy as np
 
 from service.synthetic import synthetic_susy
-from tests.support import consume_all, produce_pairs, produce_synthetic, wait_for
+from tests.support import (
+    consume_all,
+    produce_pairs,
+    produce_synthetic,
+    service_environ,
+    wait_for,
+)
 
 
 def test_kill_9_loop_learns_every_record_exactly_once(broker, topic, service_factory, tmp_path):
@@ -189,6 +195,7 @@ def test_produce_from_uci_style_csv(broker, topic, tmp_path: Path):
             "--kafka-bootstrap",
             broker.bootstrap,
         ],
+        env=service_environ(),
         capture_output=True,
         text=True,
         timeout=120,

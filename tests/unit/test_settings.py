@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service import cli
-from service.settings import Settings, SettingsError, load_settings
+from service.settings import (
+    FAULT_HOOKS,
+    Settings,
+    SettingsError,
+    load_settings,
+    setting_env_names,
+    unknown_setting_names,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -226,7 +236,6 @@ def test_python_m_service_serve_bad_batch_size() -> None:
 
 
 def test_every_setting_and_fault_hook_is_documented_in_the_readme() -> None:
-    from service.settings import FAULT_HOOKS
     from tests.support import ROOT
 
     readme = (ROOT / "README.md").read_text()
@@ -235,3 +244,185 @@ def test_every_setting_and_fault_hook_is_documented_in_the_readme() -> None:
     assert not missing, f"settings missing from the README's Configuration: {missing}"
     for hook in FAULT_HOOKS:
         assert hook in section, hook
+
+
+# Unknown STREAMFIT_ variables: a misspelt setting stops start-up instead of being ignored.
+
+
+def test_misspelt_setting_is_refused_with_the_nearest_name(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("STREAMFIT_BATCHSIZE", "64")
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    assert str(caught.value) == (
+        "unknown setting STREAMFIT_BATCHSIZE (did you mean STREAMFIT_BATCH_SIZE?)"
+    )
+
+
+def test_lower_case_names_are_checked_as_pydantic_settings_reads_them(
+    clean_env: pytest.MonkeyPatch,
+) -> None:
+    clean_env.setenv("streamfit_batch_size", "64")
+    assert load_settings().batch_size == 64
+    clean_env.setenv("streamfit_batchsize", "64")
+    with pytest.raises(SettingsError, match=r"streamfit_batchsize \(did you mean STREAMFIT_BA"):
+        load_settings()
+
+
+def test_a_name_like_no_setting_points_to_the_list(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("STREAMFIT_XYZZY", "1")
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    assert str(caught.value) == (
+        "unknown setting STREAMFIT_XYZZY (no setting has a similar name); the settings are "
+        "listed in README.md (Configuration) and by `streamfit serve --help`"
+    )
+
+
+def test_several_unknown_names_are_one_sorted_line(clean_env: pytest.MonkeyPatch) -> None:
+    for name in ("STREAMFIT_XYZZY", "STREAMFIT_TRAIN_TOPICS", "STREAMFIT_BATCHSIZE"):
+        clean_env.setenv(name, "1")
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    message = str(caught.value)
+    _assert_one_line_naming(message, "unknown settings ")
+    assert message.startswith(
+        "unknown settings STREAMFIT_BATCHSIZE (did you mean STREAMFIT_BATCH_SIZE?), "
+        "STREAMFIT_TRAIN_TOPICS (did you mean STREAMFIT_TRAIN_TOPIC?), "
+        "STREAMFIT_XYZZY (no setting has a similar name); the settings are listed in "
+    )
+
+
+def test_unknown_names_are_reported_before_invalid_values(clean_env: pytest.MonkeyPatch) -> None:
+    """A misspelt credential explains why SASL looks incomplete: name it, not the symptom."""
+    clean_env.setenv("STREAMFIT_SECURITY_PROTOCOL", "SASL_PLAINTEXT")
+    clean_env.setenv("STREAMFIT_SASL_MECHANISM", "PLAIN")
+    clean_env.setenv("STREAMFIT_SASL_USERNAME", "alice")
+    clean_env.setenv("STREAMFIT_SASL_PASWORD", "pw")
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    assert "(did you mean STREAMFIT_SASL_PASSWORD?)" in str(caught.value)
+
+
+SERVICE_LINKS = {  # what Kubernetes injects for a Service named `streamfit`
+    "STREAMFIT_SERVICE_HOST": "10.96.0.12",
+    "STREAMFIT_SERVICE_PORT": "8000",
+    "STREAMFIT_SERVICE_PORT_HTTP": "8000",
+    "STREAMFIT_PORT": "tcp://10.96.0.12:8000",
+    "STREAMFIT_PORT_8000_TCP": "tcp://10.96.0.12:8000",
+    "STREAMFIT_PORT_8000_TCP_PROTO": "tcp",
+    "STREAMFIT_PORT_8000_TCP_PORT": "8000",
+    "STREAMFIT_PORT_8000_TCP_ADDR": "10.96.0.12",
+}
+
+
+def test_kubernetes_service_links_and_fault_hooks_pass(clean_env: pytest.MonkeyPatch) -> None:
+    for name, value in {**SERVICE_LINKS, **dict.fromkeys(FAULT_HOOKS, "0")}.items():
+        clean_env.setenv(name, value)
+    assert load_settings().http_port == 8000
+    assert unknown_setting_names({**SERVICE_LINKS, "STREAMFIT_SERVICE_HOSTS": "x"}) == [
+        "STREAMFIT_SERVICE_HOSTS"
+    ]
+
+
+def test_every_field_is_a_valid_name_without_a_list_to_maintain() -> None:
+    environ = {f"STREAMFIT_{name.upper()}": "1" for name in Settings.model_fields}
+    assert unknown_setting_names(environ) == []
+    assert setting_env_names() == set(environ)
+
+
+def test_a_field_with_aliases_is_known_by_its_aliases() -> None:
+    class Aliased(BaseSettings):
+        model_config = SettingsConfigDict(env_prefix="STREAMFIT_")
+        model: str = Field(
+            "mlp", validation_alias=AliasChoices("STREAMFIT_MODEL", "streamfit_arch")
+        )
+        task: str = "binary"
+
+    assert setting_env_names(Aliased) == {"STREAMFIT_MODEL", "STREAMFIT_ARCH", "STREAMFIT_TASK"}
+
+
+def test_warn_mode_logs_each_unknown_name_and_goes_on(
+    clean_env: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    clean_env.setenv("STREAMFIT_BATCHSIZE", "64")
+    clean_env.setenv("STREAMFIT_XYZZY", "1")
+    clean_env.setenv("STREAMFIT_UNKNOWN_SETTINGS", "warn")
+    with caplog.at_level(logging.WARNING, logger="service.settings"):
+        settings = load_settings()
+    assert settings.batch_size == 256 and settings.unknown_settings == "warn"
+    lines = [(r.name, r.levelno, r.getMessage()) for r in caplog.records]
+    assert lines[0] == (
+        "service.settings",
+        logging.WARNING,
+        "STREAMFIT_UNKNOWN_SETTINGS=warn: ignoring unknown setting STREAMFIT_BATCHSIZE "
+        "(did you mean STREAMFIT_BATCH_SIZE?)",
+    )
+    assert lines[1][2].startswith("STREAMFIT_UNKNOWN_SETTINGS=warn: ignoring unknown setting ")
+    assert "STREAMFIT_XYZZY" in lines[1][2] and len(lines) == 2
+
+
+def test_warn_mode_as_an_override_and_its_values(
+    clean_env: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    clean_env.setenv("STREAMFIT_BATCHSIZE", "64")
+    with caplog.at_level(logging.WARNING, logger="service.settings"):
+        assert load_settings(unknown_settings="warn").unknown_settings == "warn"
+    assert len(caplog.records) == 1
+    with pytest.raises(SettingsError, match="STREAMFIT_BATCHSIZE"):
+        load_settings(unknown_settings="error")
+    clean_env.delenv("STREAMFIT_BATCHSIZE")
+    with pytest.raises(SettingsError, match="invalid setting STREAMFIT_UNKNOWN_SETTINGS"):
+        load_settings(unknown_settings="ignore")
+
+
+def test_cli_refuses_an_unknown_name_before_serving(
+    clean_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def never(settings: Settings) -> int:  # where TensorFlow, Kafka and HTTP would start
+        raise AssertionError("serve() reached")
+
+    clean_env.setattr(cli, "serve", never)
+    clean_env.setenv("STREAMFIT_BATCHSIZE", "64")
+    assert cli.main(["serve"]) == 2
+    assert capsys.readouterr().err == (
+        "streamfit: unknown setting STREAMFIT_BATCHSIZE (did you mean STREAMFIT_BATCH_SIZE?)\n"
+    )
+    served: list[Settings] = []
+
+    def record(settings: Settings) -> int:
+        served.append(settings)
+        return 0
+
+    clean_env.setattr(cli, "serve", record)
+    assert cli.main(["serve", "--unknown-settings", "warn"]) == 0
+    assert [settings.unknown_settings for settings in served] == ["warn"]
+
+
+def test_python_m_service_serve_refuses_a_misspelt_setting() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMFIT_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "service", "serve"],
+        cwd=ROOT,
+        env={**env, "STREAMFIT_BATCHSIZE": "64"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == (
+        "streamfit: unknown setting STREAMFIT_BATCHSIZE (did you mean STREAMFIT_BATCH_SIZE?)\n"
+    )
+
+
+def test_the_harness_passes_no_test_switch_to_a_service(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.support import service_environ
+
+    switches = ("STREAMFIT_SLOW", "STREAMFIT_REQUIRE_TOOLS", "STREAMFIT_TEST_TXN_BOOTSTRAP")
+    for name in switches:
+        monkeypatch.setenv(name, "1")
+    monkeypatch.setenv("STREAMFIT_BATCH_SIZE", "64")
+    monkeypatch.setenv("STREAMFIT_PORT", "tcp://10.96.0.12:8000")
+    monkeypatch.setenv(next(iter(FAULT_HOOKS)), "1")
+    env = service_environ()
+    assert not set(switches) & set(env)
+    assert {"STREAMFIT_BATCH_SIZE", "STREAMFIT_PORT", next(iter(FAULT_HOOKS))} <= set(env)
