@@ -246,7 +246,7 @@ def test_regression_with_the_builtin_mlp_from_avro_records(
     width = 10
     x, y = make_friedman1(n_samples=6000, n_features=width, noise=0.5, random_state=0)
     train, test = slice(0, 5000), slice(5000, 6000)
-    schema_id = schema_registry.register(f"{topic}-value", json.dumps(avro_schema(width)))
+    schema_id = schema_registry.register(f"{topic}-value", avro_schema(width))
     schema = fastavro.parse_schema(avro_schema(width))
     records = [
         {**{f"x{i}": float(v) for i, v in enumerate(row)}, "y": float(target)}
@@ -308,7 +308,7 @@ def test_a_schema_registry_outage_pauses_learning_and_loses_nothing(
     from service.avro import encode
 
     width = 3
-    schema_id = schema_registry.register(f"{topic}-value", json.dumps(avro_schema(width)))
+    schema_id = schema_registry.register(f"{topic}-value", avro_schema(width))
     schema = fastavro.parse_schema(avro_schema(width))
     rng = np.random.default_rng(3)
     rows = [
