@@ -115,7 +115,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
 
 def cmd_produce(args: argparse.Namespace) -> int:
-    from service.producer import csv_pairs, produce, synthetic_pairs
+    from service.producer import FORMATS, CsvLayoutError, csv_pairs, produce, synthetic_pairs
 
     settings = _settings_from(args)
     total: int | None
@@ -124,9 +124,26 @@ def cmd_produce(args: argparse.Namespace) -> int:
         if not path.is_file():
             print(f"streamfit produce: no such file: {path}", file=sys.stderr)
             return 2
-        pairs = csv_pairs(path, args.label_column)
+        message_format = args.format or settings.message_format
+        if message_format not in FORMATS:
+            print(
+                f"streamfit produce: writes csv or json records, not {message_format}: "
+                "pass --format",
+                file=sys.stderr,
+            )
+            return 2
+        try:
+            pairs = csv_pairs(
+                path, args.label_column, message_format, args.named, settings.label_field
+            )
+        except CsvLayoutError as exc:
+            print(f"streamfit produce: {exc}", file=sys.stderr)
+            return 2
         total = None
     else:
+        if args.format == "json" or args.named:
+            print("streamfit produce: --format and --named apply to --from-csv", file=sys.stderr)
+            return 2
         total = None if args.forever else args.rows
         pairs = synthetic_pairs(total, args.seed, settings.num_features)
     sent = asyncio.run(
@@ -233,10 +250,27 @@ def build_parser() -> argparse.ArgumentParser:
     produce_parser.add_argument("--rows", type=int, default=100_000)
     produce_parser.add_argument("--forever", action="store_true", help="synthetic: never stop")
     produce_parser.add_argument("--seed", type=int, default=0)
-    produce_parser.add_argument("--label-column", type=int, default=0)
+    produce_parser.add_argument(
+        "--label-column",
+        default="0",
+        help="--from-csv: the label's column, an index (-1: last) or a header's column name",
+    )
+    produce_parser.add_argument(
+        "--format",
+        choices=("csv", "json"),
+        default=None,
+        help="--from-csv: the records' format (default: STREAMFIT_MESSAGE_FORMAT, csv)",
+    )
+    produce_parser.add_argument(
+        "--named",
+        action="store_true",
+        help="json: flat objects keyed by the CSV header's column names and LABEL_FIELD",
+    )
     produce_parser.add_argument("--rate", type=float, default=0.0, help="records/s, 0 = max")
     produce_parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_setting_flags(produce_parser, only=(*KAFKA_SETTINGS, "num_features", "train_topic"))
+    _add_setting_flags(
+        produce_parser, only=(*KAFKA_SETTINGS, "num_features", "train_topic", "label_field")
+    )
     produce_parser.set_defaults(func=cmd_produce)
 
     lag_parser = commands.add_parser("lag", help="consumer-group lag per partition")

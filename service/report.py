@@ -1,5 +1,6 @@
-"""Report: a PNG learning curve of the prequential accuracy and loss, with drift, checkpoint
-and rollback events, from a learner's history (`LearningHistory.state()`) or a checkpoint.
+"""Report: a PNG learning curve of the task's two prequential metrics (accuracy and log-loss,
+or MAE and RMSE), with drift, checkpoint and rollback events, from a learner's history
+(`LearningHistory.state()`) or a checkpoint.
 
 Drawn with matplotlib's object API on the Agg canvas (no pyplot, no display, no global state),
 so a server thread can render it; the file is written atomically.
@@ -7,7 +8,9 @@ so a server thread can render it; the file is written atomically.
 
 from __future__ import annotations
 
+import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +32,39 @@ class ReportError(Exception):
     """There is nothing to draw a report from."""
 
 
+@dataclass(frozen=True)
+class Panel:
+    """One metric's panel: the history key, its legend and axis labels, whether it is a
+    fraction (drawn within [0, 1]) or a non-negative error (drawn from 0)."""
+
+    key: str
+    legend: str
+    axis: str
+    fraction: bool = False
+
+
+CLASSIFICATION_PANELS = (
+    Panel("accuracy", "accuracy", "prequential accuracy", fraction=True),
+    Panel("loss", "log-loss", "prequential log-loss"),
+)
+REGRESSION_PANELS = (
+    Panel("mae", "MAE", "prequential MAE"),
+    Panel("rmse", "RMSE", "prequential RMSE"),
+)
+
+
+def panels_for(points: list[dict[str, Any]]) -> tuple[Panel, Panel]:
+    """The task's two panels, told from the keys of the history's points (`mae` and `rmse`
+    for regression, `accuracy` and `loss` for classification and for an empty history)."""
+    if any("mae" in point or "rmse" in point for point in points):
+        return REGRESSION_PANELS
+    return CLASSIFICATION_PANELS
+
+
+def _values(points: list[dict[str, Any]], key: str) -> list[float]:
+    return [math.nan if p.get(key) is None else float(p[key]) for p in points]
+
+
 def _samples_label(value: float, _position: object = None) -> str:
     for size, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
         if abs(value) >= size:
@@ -41,25 +77,26 @@ def _events(history: dict[str, Any], kind: str) -> list[dict[str, Any]]:
 
 
 def write_report(history: dict[str, Any], path: Path | str, title: str) -> Path:
-    """Draw accuracy (top) and log-loss (bottom) against samples learned; return the path.
+    """Draw the task's metrics against samples learned: accuracy (top) and log-loss (bottom),
+    or MAE (top) and RMSE (bottom) for regression; return the path.
 
     Drift events are dashed vertical lines, rollbacks solid ones, checkpoints triangles on
-    the accuracy panel labelled with their version (the newest ones when there are many).
+    the top panel labelled with their version (the newest ones when there are many).
     """
     path = Path(path)
     points = sorted(history.get("points", []), key=lambda p: p["samples"])
     samples = [p["samples"] for p in points]
-    accuracy = [p["accuracy"] for p in points]
-    loss = [p["loss"] for p in points]
+    first, second = panels_for(points)
+    upper, lower = _values(points, first.key), _values(points, second.key)
 
     figure = Figure(figsize=(10, 6.5), dpi=110, layout="constrained")
     FigureCanvasAgg(figure)
     top, bottom = figure.subplots(2, 1, sharex=True, height_ratios=(3, 2))
     figure.suptitle(title, fontsize=13)
-    top.plot(samples, accuracy, color=ACCURACY_COLOR, linewidth=1.6, label="accuracy")
-    bottom.plot(samples, loss, color=LOSS_COLOR, linewidth=1.6, label="log-loss")
-    top.set_ylabel("prequential accuracy")
-    bottom.set_ylabel("prequential log-loss")
+    top.plot(samples, upper, color=ACCURACY_COLOR, linewidth=1.6, label=first.legend)
+    bottom.plot(samples, lower, color=LOSS_COLOR, linewidth=1.6, label=second.legend)
+    top.set_ylabel(first.axis)
+    bottom.set_ylabel(second.axis)
     bottom.set_xlabel("samples learned")
     bottom.xaxis.set_major_formatter(FuncFormatter(_samples_label))
     for axes in (top, bottom):
@@ -124,9 +161,8 @@ def write_report(history: dict[str, Any], path: Path | str, title: str) -> Path:
                 )
     if points:
         top.legend(loc="best", fontsize=8, framealpha=0.9)
-        lowest = min(min(accuracy), 0.5)
-        top.set_ylim(max(0.0, lowest - 0.05), min(1.0, max(accuracy) + 0.05))
-        bottom.set_ylim(0.0, max(loss) * 1.08 if max(loss) > 0 else 1.0)
+        for axes, panel, values in ((top, first, upper), (bottom, second, lower)):
+            _set_limits(axes, panel, [v for v in values if math.isfinite(v)])
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -137,6 +173,16 @@ def write_report(history: dict[str, Any], path: Path | str, title: str) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def _set_limits(axes: Any, panel: Panel, values: list[float]) -> None:
+    if not values:
+        return
+    if panel.fraction:
+        lowest = min(min(values), 0.5)
+        axes.set_ylim(max(0.0, lowest - 0.05), min(1.0, max(values) + 0.05))
+    else:
+        axes.set_ylim(0.0, max(values) * 1.08 if max(values) > 0 else 1.0)
 
 
 def report_from_checkpoints(

@@ -38,6 +38,8 @@ SHOWN = """JSON.stringify((() => {
   return {
     name: text("model-name"), version: text("version"), samples: text("samples"),
     accuracy: text("accuracy"), loss: text("loss"), checkpoint: text("checkpoint"),
+    task: text("task"), model: text("model-spec"),
+    metrics: [text("metric-first"), text("metric-second")],
     total_lag: text("total-lag"),
     partitions: [...document.querySelectorAll("#partitions tr")]
       .map((tr) => [...tr.cells].slice(0, 5).map((td) => td.textContent)),
@@ -187,6 +189,9 @@ def expected(service: ServiceProcess) -> dict[str, Any]:
         "accuracy": f"{model['prequential']['accuracy']:.4f}",
         "loss": f"{model['prequential']['loss']:.4f}",
         "checkpoint": f"v{model['checkpoint']['version']}",
+        "task": f"{model['task']} · {', '.join(model['classes'])}",
+        "model": f"model {model['model']}",
+        "metrics": ["Prequential accuracy", "Prequential log-loss"],
         "total_lag": count(lag["total_lag"]),
         "partitions": [
             [
@@ -263,3 +268,103 @@ def test_dashboard_is_self_contained() -> None:
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html)
     assert "@import" not in html and not re.search(r"url\(\s*['\"]?(https?:)?//", html)
     assert "innerHTML" not in html  # API data goes in as text, never as markup
+
+
+class CannedService:
+    """The dashboard page and fixed /model, /lag and /history answers over HTTP on a free
+    loopback port: what the page shows of a task without starting a service."""
+
+    def __init__(self, answers: dict[str, Any]) -> None:
+        import http.server
+        import threading
+
+        page = PAGE.read_bytes()
+        bodies = {f"/{path}": json.dumps(answer).encode() for path, answer in answers.items()}
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (the http.server API)
+                body = page if self.path == "/dashboard" else bodies.get(self.path)
+                if body is None:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                kind = "text/html" if body is page else "application/json"
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def __enter__(self) -> CannedService:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+
+
+REGRESSION_SHOWN = """JSON.stringify((() => {
+  const text = (id) => document.getElementById(id).textContent.trim();
+  const top = document.querySelector("#chart-accuracy .series-mae");
+  const bottom = document.querySelector("#chart-loss .series-rmse");
+  return {
+    task: text("task"), model: text("model-spec"), accuracy: text("accuracy"),
+    loss: text("loss"), metrics: [text("metric-first"), text("metric-second")],
+    legend: [text("legend-first"), text("legend-second")],
+    top_points: top ? (top.getAttribute("d").match(/[ML]/g) || []).length : 0,
+    bottom_points: bottom ? (bottom.getAttribute("d").match(/[ML]/g) || []).length : 0,
+  };
+})())"""
+
+
+def test_dashboard_of_a_regression_model(browser: str, tmp_path: Path) -> None:
+    """A regression task: MAE and RMSE by name, the model spec and its feature names."""
+    points = [
+        {"samples": s, "mae": 60.0 - s / 100, "rmse": 75.0 - s / 100, "time": 1.7e9}
+        for s in (1000, 2000, 3000)
+    ]
+    answers = {
+        "model": {
+            "name": "diabetes",
+            "version": 3,
+            "samples_trained": 3500,
+            "batches_trained": 14,
+            "updated_at": 1.7e9,
+            "checkpoint": {"version": 3, "created_at": 1.7e9, "offsets": {}},
+            "prequential": {"mae": 31.25, "rmse": 40.5},
+            "task": "regression",
+            "classes": [],
+            "model": "mlp",
+            "features": ["age", "sex", "bmi"],
+        },
+        "lag": {"group_id": "g", "partitions": [], "total_lag": 0},
+        "history": {"every": 1000, "points": points, "events": []},
+    }
+    with (
+        CannedService(answers) as canned,
+        HeadlessPage(browser, f"{canned.url}/dashboard", tmp_path / "profile") as page,
+    ):
+        want = {
+            "task": "regression",
+            "model": "model mlp · features age, sex, bmi",
+            "accuracy": "31.2500",
+            "loss": "40.5000",
+            "metrics": ["Prequential MAE", "Prequential RMSE"],
+            "legend": ["MAE", "RMSE"],
+            "top_points": 4,  # three history points and the live one
+            "bottom_points": 4,
+        }
+        deadline = time.monotonic() + PAGE_CATCH_UP_S
+        shown = json.loads(page.evaluate(REGRESSION_SHOWN))
+        while shown != want and time.monotonic() < deadline:
+            time.sleep(0.25)
+            shown = json.loads(page.evaluate(REGRESSION_SHOWN))
+        assert shown == want

@@ -11,7 +11,14 @@ import pytest
 from PIL import Image
 
 from service.checkpoints import Checkpoint, CheckpointStore
-from service.report import ReportError, report_from_checkpoints, write_report
+from service.report import (
+    CLASSIFICATION_PANELS,
+    REGRESSION_PANELS,
+    ReportError,
+    panels_for,
+    report_from_checkpoints,
+    write_report,
+)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -62,6 +69,40 @@ def test_writes_a_valid_png_learning_curve(tmp_path: Path) -> None:
         close = np.abs(pixels.astype(int) - colour).sum(axis=2) < 40
         assert close.sum() > 200, colour
     assert not list(tmp_path.glob("out/.*.tmp"))
+
+
+def test_a_regression_history_draws_mae_and_rmse(tmp_path: Path) -> None:
+    samples = np.arange(1, 81) * 500
+    mae = 40 + 60 * np.exp(-samples / 6000.0)
+    history = {
+        "every": 500,
+        "points": [
+            {"samples": int(s), "mae": float(m), "rmse": float(1.3 * m), "time": 1.7e9 + i}
+            for i, (s, m) in enumerate(zip(samples, mae, strict=True))
+        ],
+        "events": [
+            {"samples": 10_000, "kind": "checkpoint", "time": 0.0, "version": 1},
+            {"samples": 25_000, "kind": "drift", "time": 0.0},
+        ],
+    }
+    assert panels_for(history["points"]) == REGRESSION_PANELS
+    path = write_report(history, tmp_path / "regression.png", "regression run")
+    with Image.open(path) as image:
+        pixels = np.asarray(image.convert("RGB"))
+    # Both panels drawn: MAE in the top colour, RMSE in the bottom one, the drift line too.
+    # (Values far above 1: the accuracy panel's [0, 1] limits would have hidden the curve.)
+    for colour in ((0x1F, 0x77, 0xB4), (0xD6, 0x27, 0x28), (0xFF, 0x7F, 0x0E)):
+        close = np.abs(pixels.astype(int) - colour).sum(axis=2) < 40
+        assert close.sum() > 200, colour
+
+
+def test_panels_follow_the_points_keys() -> None:
+    assert panels_for([]) == CLASSIFICATION_PANELS
+    assert panels_for([{"samples": 1, "accuracy": 0.5, "loss": 0.7}]) == CLASSIFICATION_PANELS
+    assert [p.key for p in panels_for([{"samples": 1, "mae": 1.0, "rmse": 2.0}])] == [
+        "mae",
+        "rmse",
+    ]
 
 
 def test_an_empty_history_still_gives_a_picture(tmp_path: Path) -> None:
