@@ -50,12 +50,17 @@ def main() -> None:
                 "hour": rng.integers(0, 24, (n, 1)).astype(np.float32),
             },
         )
-    print("| instances | NumPy path (MLP) median / p99 ms | Keras path (StringLookup model) median / p99 ms | ratio of medians |")
+    print(
+        "| instances | NumPy path (MLP) median / p99 ms "
+        "| Keras path (StringLookup model) median / p99 ms | ratio of medians |"
+    )
     print("| --- | --- | --- | --- |")
     for n, (x, columns) in rows.items():
         d_med, d_p99 = _time(lambda x=x: dense.predict(x))
         g_med, g_p99 = _time(lambda c=columns: general.predict(c))
-        print(f"| {n} | {d_med:.3f} / {d_p99:.3f} | {g_med:.3f} / {g_p99:.3f} | {g_med / d_med:.1f} |")
+        print(
+            f"| {n} | {d_med:.3f} / {d_p99:.3f} | {g_med:.3f} / {g_p99:.3f} | {g_med / d_med:.1f} |"
+        )
 
 
 if __name__ == "__main__":

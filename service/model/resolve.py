@@ -278,9 +278,10 @@ def portable_config(model: keras.Model) -> str:
 
 
 def dense_activations(model: keras.Model, inputs: InputSpec) -> list[str] | None:
-    """Activations of a chain of Dense layers (Dropout between), which the NumPy fast path
-    serves; None for any other model."""
-    if inputs.named:
+    """Activations of a Sequential chain of Dense layers (Dropout between), which the NumPy
+    fast path serves; None for any other model (functional and subclassed models included:
+    their layers may be wired in another order than they are listed)."""
+    if inputs.named or not isinstance(model, keras.Sequential):
         return None
     activations: list[str] = []
     for layer in model.layers:
@@ -294,11 +295,4 @@ def dense_activations(model: keras.Model, inputs: InputSpec) -> list[str] | None
             activations.append(config["activation"])
     if len(model.weights) != 2 * len(activations) or not activations:
         return None
-    if isinstance(model, keras.Sequential):
-        return activations
-    # A functional chain: every layer must feed exactly the next one.
-    return activations if len(model.layers) == len(activations) + _non_dense(model) else None
-
-
-def _non_dense(model: keras.Model) -> int:
-    return sum(1 for layer in model.layers if type(layer).__name__ != "Dense")
+    return activations
