@@ -53,3 +53,37 @@ def save_iris_model(path: Path, num_features: int = 4, classes: int = 3) -> Path
     model.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy")
     model.save(path)
     return path
+
+
+def columns(num_features: int, task: str, num_classes: int) -> Any:
+    """Named numeric inputs f0..f{F-1} (one [n, 1] input each): the Keras serving path."""
+    import keras
+
+    inputs = {f"f{i}": keras.Input((1,), name=f"f{i}") for i in range(num_features)}
+    hidden = keras.layers.Dense(16, activation="relu")(
+        keras.layers.Concatenate()(list(inputs.values()))
+    )
+    head = {"binary": "sigmoid", "multiclass": "softmax"}.get(task, "linear")
+    return keras.Model(inputs, keras.layers.Dense(num_classes, activation=head)(hidden))
+
+
+def save_compiled(path: Path, num_features: int, task: str, outputs: int) -> Path:
+    """A compiled Sequential model for `task` saved as a `.keras` file."""
+    import keras
+
+    keras.utils.set_random_seed(2)
+    head = {"binary": "sigmoid", "multiclass": "softmax"}.get(task, "linear")
+    loss = {
+        "binary": "binary_crossentropy",
+        "multiclass": "sparse_categorical_crossentropy",
+    }.get(task, "mean_squared_error")
+    model = keras.Sequential(
+        [
+            keras.Input((num_features,)),
+            keras.layers.Dense(16, activation="relu"),
+            keras.layers.Dense(outputs, activation=head),
+        ]
+    )
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss=loss)
+    model.save(path)
+    return path
