@@ -20,7 +20,16 @@ from typing import Any
 from bench import machine, report, source
 from bench.contention import wait_for_quiet
 
-NAMES = ("throughput", "freshness", "latency", "responsiveness", "recovery", "memory", "profile")
+NAMES = (
+    "throughput",
+    "freshness",
+    "latency",
+    "paths",
+    "responsiveness",
+    "recovery",
+    "memory",
+    "profile",
+)
 ROOT = machine.ROOT
 RESULTS = ROOT / "bench" / "results"
 DOC = ROOT / "docs" / "BENCHMARKS.md"
