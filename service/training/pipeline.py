@@ -56,13 +56,13 @@ class LearnPipeline:
 
     def __init__(
         self,
-        codec: Codec,
+        codec: Codec | None,
         learner: LearnerThread,
         offsets: PartitionOffsets,
         labels_topic: str | None = None,
         pending: PendingPredictions | None = None,
     ) -> None:
-        self.codec = codec
+        self.codec = codec  # set once the model (and so its inputs) is known
         self.learner = learner
         self.offsets = offsets
         self.labels_topic = labels_topic
@@ -90,6 +90,7 @@ class LearnPipeline:
         The codec runs on its own thread: its parse releases the GIL, so it overlaps with
         HTTP on the event loop as well as with the learner. The join stays on the loop (the
         pending predictions are the HTTP handlers' too)."""
+        assert self.codec is not None, "decoding before the model is known"
         records = [r for tp, part in batches.items() if tp.topic != self.labels_topic for r in part]
         decoded = await asyncio.get_running_loop().run_in_executor(
             self._decode_thread, self.codec.decode, records

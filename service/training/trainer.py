@@ -29,7 +29,6 @@ from service.kafka.clients import new_consumer, new_producer
 from service.kafka.connectivity import ConnectivityProbe
 from service.kafka.dead_letters import DeadLetterWriter
 from service.kafka.topics import ensure_topic
-from service.model.inputs import declared_inputs
 from service.model.task import Task
 from service.online_stats import PrequentialWindow
 from service.schema_registry import RegistryUnavailable
@@ -100,7 +99,7 @@ class Trainer:
         self.drift = DriftResponse(settings.drift_policy, settings.drift_threshold)
         self.learner = LearnerThread(settings, snapshots, self.drift)
         self.pipeline = LearnPipeline(
-            Codec.for_settings(settings, declared_inputs(settings), Task.of(settings)),
+            None,  # the codec follows the model's inputs: built in `start`
             self.learner,
             self.offsets,
             settings.labels_topic,

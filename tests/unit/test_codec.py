@@ -464,3 +464,20 @@ def test_encode_csv_round_trips_through_decode() -> None:
         batch.features, features.astype(np.float64).round(6).astype(np.float32)
     )
     np.testing.assert_allclose(batch.features, features, rtol=1e-6, atol=5e-7)
+
+
+def test_delayed_labels_follow_the_task() -> None:
+    from service.feedback import PendingPredictions
+
+    pending = PendingPredictions(WIDTH, task=COLORS)
+    pending.remember("r1", np.zeros((2, WIDTH), np.float32))
+    pending.remember("r2", np.ones((1, WIDTH), np.float32))
+    batch, used = pending.join(
+        [make_record(b'["blue", 0]', key=b"r1"), make_record(b'"purple"', key=b"r2")]
+    )
+    assert batch.labels.tolist() == [2.0, 0.0] and used == ["r1"]
+    assert [r.reason for r in batch.rejects] == ["unknown_class"]
+    regression = PendingPredictions(WIDTH, task=Task.from_settings("regression"))
+    regression.remember("r3", np.zeros((1, WIDTH), np.float32))
+    batch, _ = regression.join([make_record(b"2.5", key=b"r3")])
+    assert batch.labels.tolist() == [2.5]
