@@ -310,6 +310,12 @@ BATCH_SETTINGS = (
     *KAFKA_SETTINGS,
     "num_features",
     "message_format",
+    "schema_registry_url",
+    "features",
+    "label_field",
+    "task",
+    "classes",
+    "num_classes",
     "max_record_bytes",
     "checkpoint_dir",
     "checkpoint_keep",
@@ -373,7 +379,16 @@ def add_batch_commands(commands: Any) -> None:
     )
     fit_parser.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_setting_flags(
-        fit_parser, only=(*BATCH_SETTINGS, "train_topic", "model_arch", "learning_rate", "seed")
+        fit_parser,
+        only=(
+            *BATCH_SETTINGS,
+            "train_topic",
+            "model",
+            "model_arch",
+            "standardize",
+            "learning_rate",
+            "seed",
+        ),
     )
     fit_parser.set_defaults(func=cmd_fit)
 

@@ -11,8 +11,8 @@ COUNTRIES = ["FR", "DE", "US", "GB"]
 
 def payments(num_features: int, task: str, num_classes: int) -> Any:
     """A functional model with named inputs, a string feature and preprocessing layers inside:
-    `amount` (Normalization), `country` (StringLookup), `hour` (Discretization). Uncompiled:
-    the service gives it Adam and the task's loss."""
+    `amount` (Normalization), `country` (StringLookup and Hashing), `hour` (Discretization).
+    Uncompiled: the service gives it Adam and the task's loss."""
     import keras
 
     amount = keras.Input((1,), name="amount")
@@ -21,6 +21,7 @@ def payments(num_features: int, task: str, num_classes: int) -> Any:
     parts = [
         keras.layers.Normalization(mean=50.0, variance=900.0)(amount),
         keras.layers.StringLookup(vocabulary=COUNTRIES, output_mode="one_hot")(country),
+        keras.layers.Hashing(8, output_mode="one_hot")(country),
         keras.layers.CategoryEncoding(4, output_mode="one_hot")(
             keras.layers.Discretization(bin_boundaries=[6.0, 12.0, 18.0])(hour)
         ),
