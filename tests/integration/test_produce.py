@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.support import ROOT, consume_all
+from tests.support import ROOT, consume_all, service_environ
 
 
 def test_produce_named_json_from_a_csv_with_a_header(broker, topic, tmp_path: Path) -> None:
@@ -27,6 +27,7 @@ def test_produce_named_json_from_a_csv_with_a_header(broker, topic, tmp_path: Pa
         text=True,
         timeout=120,
         cwd=ROOT,
+        env=service_environ(),
     )
     assert result.returncode == 0, result.stderr
     records = consume_all(broker.bootstrap, topic, expected=len(rows))
