@@ -1,11 +1,12 @@
 """Checkpoints: atomic, self-describing files holding learner state and Kafka offsets.
 
 Each checkpoint is one file `ckpt-<version>.npz` (weights, optimizer state, standardizer,
-metadata incl. the next offset per partition). It is written to a temporary name, fsynced,
-renamed into place and the directory fsynced, so a crash at any moment leaves either the old
-set of files or the new one. `manifest.json` (also written atomically) lists the retained
-versions with their SHA-256; a file that fails to load or to match is skipped with a warning
-and the previous version is used.
+metadata incl. the next offset per partition), in a directory or an object-store prefix
+(`service.storage`). It becomes visible whole or not at all (a directory: temporary name,
+fsync, rename; an object store: one PUT), and the manifest is written after it, so a crash at
+any moment leaves either the old set of files or the new one. `manifest.json` (also written
+whole) lists the retained versions with their SHA-256; a file that fails to load or to match
+is skipped with a warning and the previous version is used.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -23,10 +23,17 @@ from typing import Any
 
 import numpy as np
 
+from service.storage import (
+    LocalStorage,
+    ObjectStorage,
+    Storage,
+    StorageUnavailable,
+    open_storage,
+)
+
 log = logging.getLogger(__name__)
 
 FILE_PATTERN = re.compile(r"^ckpt-(\d{10})\.npz$")
-TEMP_PATTERN = re.compile(r"^\..+\.(\d+)\.tmp$")  # `_write_atomically`'s names
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 
@@ -58,40 +65,6 @@ def offset_key(topic: str, partition: int) -> str:
 def parse_offset_key(key: str) -> tuple[str, int]:
     topic, _, partition = key.rpartition(":")
     return topic, int(partition)
-
-
-def _process_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
-
-
-def _fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomically(path: Path, payload: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
 
 
 def _serialize(checkpoint: Checkpoint) -> bytes:
@@ -149,50 +122,80 @@ def _deserialize(payload: bytes) -> Checkpoint:
 
 
 class CheckpointStore:
-    """A directory of versioned checkpoints with retention.
+    """Versioned checkpoints with retention, in a directory or an object-store prefix.
 
-    `save` is safe against crashes at any point; `latest` returns the newest checkpoint that
-    loads and matches its recorded checksum.
+    `save` is safe against crashes at any point (the checkpoint object is written whole, then
+    the manifest); `latest` returns the newest checkpoint that loads and matches its recorded
+    checksum.
     """
 
-    def __init__(self, directory: Path | str, keep: int = 5) -> None:
-        self.directory = Path(directory)
+    def __init__(
+        self,
+        location: Path | str | Storage,
+        keep: int = 5,
+        options: dict[str, Any] | None = None,
+    ) -> None:
+        self.storage: Storage = (
+            location
+            if isinstance(location, LocalStorage | ObjectStorage)
+            else open_storage(location, options)  # type: ignore[arg-type]
+        )
         self.keep = keep
 
+    @property
+    def directory(self) -> str:
+        """Where the checkpoints are (a path or a URL), for messages."""
+        return self.storage.location
+
+    @staticmethod
+    def file_name(version: int) -> str:
+        return f"ckpt-{version:010d}.npz"
+
     def path_for(self, version: int) -> Path:
-        return self.directory / f"ckpt-{version:010d}.npz"
+        """A local store's file of `version` (tests and tools that touch files)."""
+        if not isinstance(self.storage, LocalStorage):
+            raise TypeError(f"{self.directory} is not a local directory")
+        return self.storage.directory / self.file_name(version)
+
+    def where(self, name: str) -> Path | str:
+        """A stored object as a path (directory) or a URL (object store)."""
+        if isinstance(self.storage, LocalStorage):
+            return self.storage.directory / name
+        return f"{self.directory.rstrip('/')}/{name}"
 
     def versions(self) -> list[int]:
-        """Versions present on disk, oldest first."""
-        if not self.directory.is_dir():
-            return []
-        found = (FILE_PATTERN.match(p.name) for p in self.directory.iterdir())
+        """Versions present in the store, oldest first."""
+        found = (FILE_PATTERN.match(name) for name in self.storage.names())
         return sorted(int(m.group(1)) for m in found if m)
 
     def manifest(self) -> dict[str, Any]:
         """The manifest, or an empty one if missing or unreadable."""
         try:
-            data = json.loads((self.directory / MANIFEST).read_text())
+            data = json.loads(self.storage.read(MANIFEST))
             if isinstance(data, dict) and isinstance(data.get("checkpoints"), list):
                 return data
-        except (OSError, ValueError):
+        except (FileNotFoundError, ValueError):
+            pass
+        except StorageUnavailable:
+            raise
+        except OSError:
             pass
         return {"checkpoints": []}
 
-    def save(self, checkpoint: Checkpoint) -> Path:
-        """Write a checkpoint atomically, update the manifest, apply retention."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self._remove_orphans()
+    def save(self, checkpoint: Checkpoint) -> Path | str:
+        """Write a checkpoint (whole), then the manifest; apply retention. Where it is."""
+        for name in self.storage.remove_orphans():
+            log.info("removed a temporary file of a dead writer", extra={"file": name})
         payload = _serialize(checkpoint)
-        path = self.path_for(checkpoint.version)
-        _write_atomically(path, payload)
+        name = self.file_name(checkpoint.version)
+        self.storage.write(name, payload)
         entries = [
             e for e in self.manifest()["checkpoints"] if e.get("version") != checkpoint.version
         ]
         entries.append(
             {
                 "version": checkpoint.version,
-                "file": path.name,
+                "file": name,
                 "sha256": hashlib.sha256(payload).hexdigest(),
                 "bytes": len(payload),
                 "created_at": checkpoint.created_at,
@@ -203,45 +206,34 @@ class CheckpointStore:
         )
         entries.sort(key=lambda e: int(e["version"]))
         retained = entries[-self.keep :]
-        _write_atomically(
-            self.directory / MANIFEST,
-            json.dumps({"checkpoints": retained}, indent=1).encode(),
-        )
+        self.storage.write(MANIFEST, json.dumps({"checkpoints": retained}, indent=1).encode())
         keep_versions = {int(e["version"]) for e in retained}
         for version in self.versions():
             if version not in keep_versions and version < checkpoint.version:
-                self.path_for(version).unlink(missing_ok=True)
-        return path
-
-    def _remove_orphans(self) -> None:
-        """Delete temporary files of writers that died mid-write (kill -9 before the rename);
-        a live writer's own are left alone (its pid is in the name)."""
-        for path in self.directory.glob(".*.tmp"):
-            match = TEMP_PATTERN.match(path.name)
-            if match is None or _process_alive(int(match.group(1))):
-                continue
-            path.unlink(missing_ok=True)
-            log.info("removed a temporary file of a dead writer", extra={"file": path.name})
+                self.storage.delete(self.file_name(version))
+        return self.where(name)
 
     def load(self, version: int) -> Checkpoint:
         """Load one version, checking it against the manifest's checksum when listed."""
-        path = self.path_for(version)
+        name = self.file_name(version)
         try:
-            payload = path.read_bytes()
+            payload = self.storage.read(name)
+        except StorageUnavailable:
+            raise
         except OSError as exc:
-            raise CheckpointError(f"cannot read {path.name}: {exc}") from exc
+            raise CheckpointError(f"cannot read {name}: {exc}") from exc
         listed = {int(e["version"]): e for e in self.manifest()["checkpoints"] if "version" in e}
         expected = listed.get(version, {}).get("sha256")
         if expected and hashlib.sha256(payload).hexdigest() != expected:
-            raise CheckpointError(f"{path.name} does not match its manifest checksum")
+            raise CheckpointError(f"{name} does not match its manifest checksum")
         try:
             checkpoint = _deserialize(payload)
         except CheckpointError:
             raise
         except Exception as exc:
-            raise CheckpointError(f"{path.name} is corrupt: {exc}") from exc
+            raise CheckpointError(f"{name} is corrupt: {exc}") from exc
         if checkpoint.version != version:
-            raise CheckpointError(f"{path.name} holds version {checkpoint.version}")
+            raise CheckpointError(f"{name} holds version {checkpoint.version}")
         return checkpoint
 
     def latest(self) -> Checkpoint | None:
@@ -254,6 +246,13 @@ class CheckpointStore:
         return None
 
     def newest_version(self) -> int:
-        """Highest version on disk (valid or not), 0 if none: new versions go above it."""
+        """Highest version in the store (valid or not), 0 if none: new versions go above it."""
         versions = self.versions()
         return versions[-1] if versions else 0
+
+
+def store_for(settings: Any) -> CheckpointStore:
+    """The checkpoint store the settings name (`CHECKPOINT_DIR`, `STORAGE_OPTIONS`)."""
+    return CheckpointStore(
+        settings.checkpoint_dir, settings.checkpoint_keep, settings.storage_options
+    )

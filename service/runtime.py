@@ -6,11 +6,12 @@ the data plane's model source. The event-loop watch runs in every role.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
 from service import metrics
-from service.checkpoints import CheckpointStore
+from service.checkpoints import store_for
 from service.feedback import PendingPredictions
 from service.loopwatch import LoopWatch
 from service.model.inputs import declared_inputs
@@ -61,7 +62,7 @@ class Runtime:
         s = self.settings
         try:
             if s.role == "predictor":
-                store = CheckpointStore(s.checkpoint_dir, s.checkpoint_keep)
+                store = store_for(s)
                 self.follower = CheckpointFollower(store, self.snapshots, s.predictor_reload_s)
                 self.dataplane.source = self.follower
                 await self.follower.start()
@@ -72,6 +73,12 @@ class Runtime:
         except Exception as exc:
             self.dataplane.startup_error = f"{type(exc).__name__}: {exc}"
             log.exception("start-up failed")
+
+    async def stop_starting(self, starting: asyncio.Task[None]) -> None:
+        """On shutdown: let a start that is retrying (a store that does not answer) give up."""
+        if not starting.done() and self.trainer is not None:
+            self.trainer.request_stop()
+        await starting
 
     async def stop(self) -> None:
         await self.loopwatch.stop()

@@ -37,7 +37,7 @@ import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
-from service.checkpoints import CheckpointStore
+from service.checkpoints import store_for
 from service.codec import Codec, Reject
 from service.kafka.clients import new_consumer, new_producer
 from service.kafka.commits import commit_offsets
@@ -472,7 +472,7 @@ class Scorer:
 
     def load_snapshot(self) -> ModelSnapshot:
         """The newest valid checkpoint as a serving snapshot."""
-        store = CheckpointStore(self.settings.checkpoint_dir, self.settings.checkpoint_keep)
+        store = store_for(self.settings)
         checkpoint = store.latest()
         if checkpoint is None:
             raise ScoringError(

@@ -8,7 +8,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AliasChoices,
@@ -75,7 +75,8 @@ class Settings(BaseSettings):
     labels_topic: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]+$")
     feedback_capacity: int = Field(100_000, ge=1)
     feedback_ttl_s: float = Field(3600.0, gt=0)
-    checkpoint_dir: Path = Path("./checkpoints")
+    checkpoint_dir: str = Field("./checkpoints", min_length=1)
+    storage_options: dict[str, Any] = Field(default_factory=dict, repr=False)
     checkpoint_interval_s: float = Field(30.0, gt=0)
     checkpoint_keep: int = Field(5, ge=1)
     model_name: str = Field("susy", min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
@@ -112,6 +113,22 @@ class Settings(BaseSettings):
                 raise ValueError(f"empty name in {value!r}")
             return names if value.strip() else ()
         return value
+
+    @field_validator("checkpoint_dir", mode="before")
+    @classmethod
+    def _location(cls, value: object) -> object:
+        """A path object as text (URLs such as s3://bucket/prefix stay as they are)."""
+        return str(value) if isinstance(value, Path) else value
+
+    @model_validator(mode="after")
+    def _checkpoint_location_opens(self) -> Settings:
+        from service.storage import StorageConfigError, open_storage
+
+        try:
+            open_storage(self.checkpoint_dir, self.storage_options)
+        except StorageConfigError as exc:
+            raise ValueError(f"STREAMFIT_CHECKPOINT_DIR={self.checkpoint_dir}: {exc}") from None
+        return self
 
     @model_validator(mode="after")
     def _model_forms_agree(self) -> Settings:

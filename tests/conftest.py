@@ -11,6 +11,7 @@ import pytest
 
 from service.broker import EmbeddedBroker, free_port
 from service.settings import unknown_setting_names
+from tests.s3_server import S3Server
 from tests.schema_registry import StandInSchemaRegistry
 from tests.support import ServiceProcess
 
@@ -71,3 +72,19 @@ def schema_registry() -> Iterator[StandInSchemaRegistry]:
     instance.start()
     yield instance
     instance.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """A real S3-protocol server (moto's standalone server) for the whole session."""
+    server = S3Server().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
+    """The S3 server, with this process's AWS variables pointing at it."""
+    for name, value in s3_server.env.items():
+        monkeypatch.setenv(name, value)
+    return s3_server

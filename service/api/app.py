@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from service import __version__
 from service.api import admin, errors, health, model, v1, v2
 from service.api.middleware import RequestContext
-from service.checkpoints import CheckpointStore
+from service.checkpoints import store_for
 from service.runtime import Runtime
 from service.settings import Settings
 
@@ -34,7 +34,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         try:
             yield
         finally:
-            await starting
+            await runtime.stop_starting(starting)
             await runtime.stop()
 
     app = FastAPI(
@@ -53,7 +53,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     app.include_router(
         health.router(health.HealthEndpoints(dataplane, runtime.loopwatch, runtime.started_at))
     )
-    store = CheckpointStore(settings.checkpoint_dir, settings.checkpoint_keep)
+    store = store_for(settings)
     app.include_router(
         admin.router(
             admin.AdminEndpoints(settings.api_key, settings.role, store, lambda: runtime.trainer)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.checkpoints import CheckpointError, CheckpointStore
+from service.checkpoints import CheckpointError, store_for
 from service.model.inputs import InputSpec, declared_inputs
 from service.model.task import Task
 from service.settings import Settings, SettingsError
@@ -62,7 +62,7 @@ def _check_checkpoint(
 ) -> None:
     """The newest checkpoint's model is the configured one (the checkpoint wins on restart:
     to start another model, point CHECKPOINT_DIR elsewhere)."""
-    store = CheckpointStore(settings.checkpoint_dir, settings.checkpoint_keep)
+    store = store_for(settings)
     try:
         checkpoint = store.latest()
     except (CheckpointError, OSError):

@@ -11,6 +11,7 @@ from service.checkpoints import Checkpoint, CheckpointStore
 from service.model.task import Task
 from service.online_stats import PrequentialWindow
 from service.serving.snapshot import SnapshotError, SnapshotHolder, snapshot_from_checkpoint
+from service.storage import StorageUnavailable
 from service.tasks import OwnedTask
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ class CheckpointFollower:
         self._task = OwnedTask("streamfit-follower", self._run)
 
     async def start(self) -> None:
-        await self.poll()
+        await self._poll_once()
         self._task.start()
 
     async def stop(self) -> None:
@@ -43,12 +44,21 @@ class CheckpointFollower:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self.interval_s)
+            await self._poll_once()
+
+    async def _poll_once(self) -> None:
+        """Poll; a store that does not answer keeps the served model (and says why)."""
+        try:
             await self.poll()
+        except StorageUnavailable as exc:
+            self.last_error = f"checkpoint store unavailable: {exc}"
+            log.warning("checkpoint store unavailable", extra={"error": str(exc)})
 
     async def poll(self) -> bool:
         """Load the newest checkpoint if it is newer than the served one; True if it was."""
         current = self.checkpoint.version if self.checkpoint else 0
-        if self.store.newest_version() <= current:
+        # Off the event loop: on an object store a listing is a network round trip.
+        if await asyncio.to_thread(self.store.newest_version) <= current:
             return False
         checkpoint = await asyncio.to_thread(self.store.latest)
         if checkpoint is None or checkpoint.version <= current:

@@ -23,7 +23,7 @@ import numpy as np
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
-from service.checkpoints import Checkpoint, CheckpointStore, offset_key, parse_offset_key
+from service.checkpoints import Checkpoint, offset_key, parse_offset_key, store_for
 from service.codec import Codec
 from service.kafka.clients import new_consumer
 from service.kafka.commits import commit_offsets
@@ -118,7 +118,7 @@ class FitReport:
     resumed_from: int | None
     version: int
     offsets: dict[str, int]
-    path: Path
+    path: Path | str
     committed_group: str | None
 
 
@@ -181,7 +181,7 @@ def fit(
     from service.training.learner import learner_for  # TensorFlow loads here, only for fitting
 
     learner = learner_for(settings)
-    store = CheckpointStore(settings.checkpoint_dir, settings.checkpoint_keep)
+    store = store_for(settings)
     previous = None if fresh else store.latest()
     offsets: dict[str, int] = {}
     if previous is not None:

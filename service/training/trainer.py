@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 
 from service import metrics
-from service.checkpoints import Checkpoint, CheckpointError, CheckpointStore
+from service.checkpoints import Checkpoint, CheckpointError, store_for
 from service.codec import Codec
 from service.errors import NotTraining, VersionUnusable
 from service.feedback import PendingPredictions
@@ -34,6 +34,7 @@ from service.online_stats import PrequentialWindow
 from service.schema_registry import RegistryUnavailable
 from service.serving.snapshot import SnapshotHolder
 from service.settings import Settings
+from service.storage import StorageUnavailable
 from service.training.checkpointing import Checkpointer
 from service.training.drift_response import DriftResponse
 from service.training.lag_tracker import LagTracker
@@ -106,7 +107,7 @@ class Trainer:
             pending,
         )
         self.checkpointer = Checkpointer(
-            CheckpointStore(settings.checkpoint_dir, settings.checkpoint_keep),
+            store_for(settings),
             self.offsets,
             self.learner,
             self.pipeline,
@@ -126,7 +127,7 @@ class Trainer:
 
     async def start(self) -> None:
         """Restore the newest checkpoint, serve its model, start consuming in the background."""
-        checkpoint = await asyncio.to_thread(self.checkpointer.restore)
+        checkpoint = await self._restore()
         await self.learner.start(
             checkpoint.state if checkpoint else None, self.checkpointer.version
         )
@@ -142,6 +143,34 @@ class Trainer:
                 },
             )
         self._task = asyncio.create_task(self._run(), name="streamfit-trainer")
+
+    async def _restore(self) -> Checkpoint | None:
+        """The newest checkpoint, retried while the store does not answer: starting from an
+        empty model would learn the topic twice. Nothing is consumed meanwhile, and `/readyz`
+        says why it is not ready."""
+        attempt = 0
+        while True:
+            try:
+                checkpoint = await asyncio.to_thread(self.checkpointer.restore)
+            except StorageUnavailable as exc:
+                delay = RECONNECT_BACKOFF_S[min(attempt, len(RECONNECT_BACKOFF_S) - 1)]
+                attempt += 1
+                self.status.last_error = f"checkpoint store unavailable: {exc}"
+                log.warning(
+                    "checkpoint store unavailable, restore retried",
+                    extra={"error": str(exc), "retry_in_s": delay},
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), timeout=delay)
+                if self._stopping.is_set():
+                    raise
+                continue
+            self.status.last_error = None
+            return checkpoint
+
+    def request_stop(self) -> None:
+        """Ask a start that is still retrying, or the loop, to end (`stop` then waits)."""
+        self._stopping.set()
 
     async def stop(self) -> None:
         """Stop fetching, finish the batches in flight, checkpoint, commit, leave the group."""

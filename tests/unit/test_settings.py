@@ -33,7 +33,7 @@ SPEC_DEFAULTS = {
     "stream_timeout_ms": -1,
     "num_features": 18,
     "message_format": "csv",
-    "checkpoint_dir": Path("./checkpoints"),
+    "checkpoint_dir": "./checkpoints",  # a path or a URL (s3://bucket/prefix)
     "checkpoint_interval_s": 30,
     "checkpoint_keep": 5,
     "model_name": "susy",
@@ -73,7 +73,7 @@ def test_environment_is_read(clean_env: pytest.MonkeyPatch) -> None:
     assert settings.role == "predictor"
     assert settings.message_format == "json"
     assert settings.stream_timeout_ms == 5000
-    assert settings.checkpoint_dir == Path("/tmp/somewhere")
+    assert settings.checkpoint_dir == "/tmp/somewhere"
     assert settings.log_level == "DEBUG"
     assert settings.api_key == "s3cret"
     assert settings.dead_letter_topic == "clicks.dlq"
