@@ -279,7 +279,7 @@ class Trainer:
             self.lag.update_if_due(consumer)
             await self._respond_to_drift(consumer)
             await self.checkpointer.checkpoint_if_due(consumer)
-            if self._stream_timed_out():
+            if self._stream_timed_out(session):
                 log.info(
                     "stream timeout: no record for %d ms, training ends",
                     self.settings.stream_timeout_ms,
@@ -344,8 +344,16 @@ class Trainer:
         if onset is not None:
             await self.checkpointer.rollback_before(onset, consumer)
 
-    def _stream_timed_out(self) -> bool:
+    def _stream_timed_out(self, session: _Session) -> bool:
+        """No record for STREAM_TIMEOUT_MS while partitions were assigned and positioned: the
+        clock does not run during a group join or a rebalance (no record can arrive then; a
+        slow join ended training before its first record)."""
         timeout_ms = self.settings.stream_timeout_ms
+        if timeout_ms >= 0 and (
+            not session.consumer.assignment() or session.rebalance.positioning
+        ):
+            self._last_record = time.monotonic()
+            return False
         return (
             timeout_ms >= 0
             and not self.status.paused

@@ -75,6 +75,7 @@ def test_a_directory_copied_to_a_bucket_is_the_same_store(s3: S3Server, tmp_path
     assert migrated.offsets == local.load(2).offsets
 
 
+@pytest.mark.usefixtures("without_test_switches")
 @pytest.mark.parametrize(
     ("location", "env", "message"),
     [
