@@ -349,9 +349,7 @@ class Trainer:
         clock does not run during a group join or a rebalance (no record can arrive then; a
         slow join ended training before its first record)."""
         timeout_ms = self.settings.stream_timeout_ms
-        if timeout_ms >= 0 and (
-            not session.consumer.assignment() or session.rebalance.positioning
-        ):
+        if timeout_ms >= 0 and (not session.consumer.assignment() or session.rebalance.positioning):
             self._last_record = time.monotonic()
             return False
         return (
