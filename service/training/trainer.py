@@ -279,7 +279,7 @@ class Trainer:
             self.lag.update_if_due(consumer)
             await self._respond_to_drift(consumer)
             await self.checkpointer.checkpoint_if_due(consumer)
-            if self._stream_timed_out(session):
+            if await self._stream_timed_out(session):
                 log.info(
                     "stream timeout: no record for %d ms, training ends",
                     self.settings.stream_timeout_ms,
@@ -344,19 +344,37 @@ class Trainer:
         if onset is not None:
             await self.checkpointer.rollback_before(onset, consumer)
 
-    def _stream_timed_out(self, session: _Session) -> bool:
-        """No record for STREAM_TIMEOUT_MS while partitions were assigned and positioned: the
-        clock does not run during a group join or a rebalance (no record can arrive then; a
-        slow join ended training before its first record)."""
+    async def _stream_timed_out(self, session: _Session) -> bool:
+        """No record for STREAM_TIMEOUT_MS while caught up: the clock runs only while
+        partitions are assigned and positioned (no record can arrive during a join or a
+        rebalance) and every assigned partition is fetched up to its known end (a broker slow
+        to answer a fetch must not end training with records left; transaction markers are
+        past the fetch position, so they do not count as records left)."""
         timeout_ms = self.settings.stream_timeout_ms
-        if timeout_ms >= 0 and (not session.consumer.assignment() or session.rebalance.positioning):
+        if timeout_ms < 0 or self.status.paused:
+            return False
+        if await self._still_reading(session.consumer, session.rebalance):
             self._last_record = time.monotonic()
             return False
-        return (
-            timeout_ms >= 0
-            and not self.status.paused
-            and (time.monotonic() - self._last_record) * 1000 > timeout_ms
-        )
+        return (time.monotonic() - self._last_record) * 1000 > timeout_ms
+
+    @staticmethod
+    async def _still_reading(consumer: AIOKafkaConsumer, rebalance: Rebalance) -> bool:
+        """Not assigned, positioning, or some partition not fetched up to its known end."""
+        assigned = consumer.assignment()
+        if not assigned or rebalance.positioning:
+            return True
+        for tp in assigned:
+            high = consumer.highwater(tp)
+            if high is None:
+                continue
+            try:
+                position = await consumer.position(tp)
+            except Exception:  # no position yet (being reset): not caught up either
+                return True
+            if position < high:
+                return True
+        return False
 
     @property
     def _finished(self) -> bool:
