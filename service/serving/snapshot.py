@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -136,22 +137,24 @@ def build_snapshot(
 ) -> ModelSnapshot:
     """Freeze weights into a snapshot: Dense weights [kernel0, bias0, kernel1, ...] with
     their activations (the NumPy path), or any model's weights with its Keras `config`."""
-    task = task or Task()
+    snapshot = partial(  # what both forward paths' snapshots hold
+        ModelSnapshot,
+        version=version,
+        mean=_frozen(mean, np.float64),
+        std=_frozen(std, np.float64),
+        samples_trained=samples_trained,
+        batches_trained=batches_trained,
+        task=task or Task(),
+        inputs=inputs,
+        spec=spec,
+    )
     if activations is None:
         if config is None or inputs is None:
             raise TypeError("a model that is not Dense-only needs its Keras config to be served")
-        return ModelSnapshot(
-            version=version,
+        return snapshot(
             layers=(),
-            mean=_frozen(mean, np.float64),
-            std=_frozen(std, np.float64),
-            samples_trained=samples_trained,
-            batches_trained=batches_trained,
-            task=task,
-            inputs=inputs,
             runner=runner_for(config, inputs),
             weights=tuple(_frozen(w, np.asarray(w).dtype.type) for w in weights),
-            spec=spec,
         )
     if len(weights) != 2 * len(activations):
         raise TypeError("serving supports models of Dense (and Dropout) layers only")
@@ -162,17 +165,7 @@ def build_snapshot(
         DenseLayer(_frozen(weights[2 * i]), _frozen(weights[2 * i + 1]), activation)
         for i, activation in enumerate(activations)
     )
-    return ModelSnapshot(
-        version=version,
-        layers=layers,
-        mean=_frozen(mean, np.float64),
-        std=_frozen(std, np.float64),
-        samples_trained=samples_trained,
-        batches_trained=batches_trained,
-        task=task,
-        inputs=inputs,
-        spec=spec,
-    )
+    return snapshot(layers=layers)
 
 
 def _standardization(standardizer: RunningStandardizer, on: bool) -> tuple[np.ndarray, np.ndarray]:
