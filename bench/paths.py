@@ -1,8 +1,8 @@
 """Serving paths: the Dense-only NumPy path against the Keras path of any other model.
 
 Two services, each idle (an empty topic), answer single-instance `:predict` requests from a
-load generator in another process (wrk with bench/predict_body.lua, else bench.loadgen), over
-2 keep-alive connections, like `latency`'s first scenario:
+load generator in another process (wrk with bench/predict.lua, the body in BENCH_BODY, else
+bench.loadgen), over 2 keep-alive connections, like `latency`'s first scenario:
 - the built-in MLP (Dense-only: a NumPy forward pass, no TensorFlow on the request path), one
   18-feature row;
 - the fraud example's model (examples/fraud_named_json: named inputs, a `StringLookup`, a
@@ -33,7 +33,7 @@ from service.producer import ensure_topic
 NAME = "paths"
 TITLE = "Serving paths: NumPy (Dense-only) and Keras (any model)"
 CONNECTIONS = 2
-LUA = Path(__file__).with_name("predict_body.lua")
+LUA = Path(__file__).with_name("predict.lua")
 FRAUD = {
     "model": "examples.fraud_named_json.model:build",
     "message_format": "json",

@@ -1,8 +1,9 @@
--- wrk script for `bench/latency.py`: POST one 18-feature instance to the TF Serving predict
--- route, and print wrk's summary as one JSON line (latencies in microseconds).
+-- wrk script for `bench/latency.py` and `bench/paths.py`: POST one 18-feature instance (or the
+-- body in BENCH_BODY) to the TF Serving predict route, and print wrk's summary as one JSON line
+-- (latencies in microseconds).
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
-wrk.body = '{"instances": [[40.1, 1.2, 0.31, 30.5, 0.25, -0.3, 25.0, 0.4, 0.52, 1.1, 2.0, 0.33, 0.1, 1.5, 0.7, 0.9, 0.2, -0.4]]}'
+wrk.body = os.getenv("BENCH_BODY") or '{"instances": [[40.1, 1.2, 0.31, 30.5, 0.25, -0.3, 25.0, 0.4, 0.52, 1.1, 2.0, 0.33, 0.1, 1.5, 0.7, 0.9, 0.2, -0.4]]}'
 
 done = function(summary, latency, requests)
   local e = summary.errors
