@@ -267,6 +267,11 @@ class Learner:
         self.last_loss = float(loss)
         return BatchResult(np.asarray(outputs), self.last_loss, n, second / max(n, 1))
 
+    def warm_up(self) -> None:
+        """Trace the compiled step now, without running it, so the first batch does not pay for
+        tracing (and what tracing allocates exists before the heap is frozen)."""
+        self._step.get_concrete_function()
+
     def reset_optimizer(self) -> None:
         """Zero the optimizer's moments and step count (keeping its learning rate): after a
         drift, the next steps follow the new concept's gradients at full size."""

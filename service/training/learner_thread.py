@@ -40,7 +40,6 @@ class LearnerThread:
         self._snapshot_interval_s = settings.snapshot_interval_s
         self._last_publish = 0.0
         self._unpublished = False
-        self._heap_frozen = False
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
@@ -93,7 +92,10 @@ class LearnerThread:
         if state is not None:
             self.learner.restore(state)
             self.drift.restore(state.get("drift"))
-        self.snapshots.publish(snapshot_from_learner(self.learner, version))
+        self.learner.warm_up()
+        snapshot = snapshot_from_learner(self.learner, version)
+        self._freeze_heap()  # before the first snapshot makes the service ready
+        self.snapshots.publish(snapshot)
         metrics.MODEL_VERSION.set(self.snapshots.version)
         self._update_metrics()
 
@@ -106,8 +108,6 @@ class LearnerThread:
             self._publish()
         else:
             self._unpublished = True  # published when the stream pauses (publish_pending)
-        if not self._heap_frozen:
-            self._freeze_heap()
         metrics.TRAIN_BATCH_DURATION.observe(time.perf_counter() - started)
         metrics.SAMPLES_TRAINED.inc(result.samples)
         metrics.BATCHES_TRAINED.inc()
@@ -150,11 +150,11 @@ class LearnerThread:
             metrics.TRAIN_LOSS.set(self.learner.last_loss)
 
     def _freeze_heap(self) -> None:
-        """Once warm (TensorFlow imported, the step traced), move every live object out of the
-        garbage collector's reach (`gc.freeze`). A full collection walks TensorFlow's ~400k
-        objects in ~150 ms with the GIL held, stalling HTTP and the learner alike; frozen, it
-        takes well under a millisecond. Done once, after the first learned batch."""
-        self._heap_frozen = True
+        """Once warm (TensorFlow imported, the step traced, a snapshot built), move every live
+        object out of the garbage collector's reach (`gc.freeze`). A full collection walks
+        TensorFlow's ~400k objects in 150-300 ms with the GIL held, stalling HTTP and the
+        learner alike; frozen, it takes well under a millisecond. Done once, at start, before
+        the service is ready, so no request waits for it."""
         started = time.perf_counter()
         gc.collect()
         gc.freeze()
