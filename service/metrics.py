@@ -42,6 +42,10 @@ CONSUMER_LAG = Gauge(
 CHECKPOINT_TIMESTAMP = Gauge(
     "streamfit_checkpoint_timestamp_seconds", "Unix time of the newest checkpoint"
 )
+CHECKPOINT_LEASE_HELD = Gauge(
+    "streamfit_checkpoint_lease_held",
+    "1 while this trainer holds the lease on its checkpoint prefix (service.lease)",
+)
 CHECKPOINT_DURATION = Histogram(
     "streamfit_checkpoint_duration_seconds",
     "Time to write a checkpoint",

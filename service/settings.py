@@ -79,6 +79,10 @@ class Settings(BaseSettings):
     storage_options: dict[str, Any] = Field(default_factory=dict, repr=False)
     checkpoint_interval_s: float = Field(30.0, gt=0)
     checkpoint_keep: int = Field(5, ge=1)
+    # A trainer's lease on its checkpoint prefix (service.lease): renewed every third of this;
+    # a successor takes over after seeing it unrenewed this long (at once after a graceful
+    # stop, or a restart on the same host).
+    lease_ttl_s: float = Field(30.0, gt=0)
     model_name: str = Field("susy", min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
     model: str = Field("mlp", min_length=1)
     model_arch: Literal["mlp", "linear"] = "mlp"

@@ -96,7 +96,7 @@ class LocalStorage:
             return removed
         for path in self.directory.glob(".*.tmp"):
             match = TEMP_PATTERN.match(path.name)
-            if match is None or _process_alive(int(match.group(1))):
+            if match is None or process_alive(int(match.group(1))):
                 continue
             path.unlink(missing_ok=True)
             removed.append(path.name)
@@ -154,7 +154,8 @@ def _unavailable(exc: BaseException) -> StorageUnavailable:
     return StorageUnavailable(f"{type(exc).__name__}: {exc}")
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process with this pid runs on this host (this process included)."""
     if pid == os.getpid():
         return True
     try:

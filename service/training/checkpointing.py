@@ -7,8 +7,10 @@
    drift statistics) and serve a snapshot no older than it;
 3. copy the positions from `PartitionOffsets`: nothing learns between 1 and 3, so they are
    exactly the records that state has learned;
-4. write checkpoint N+1 atomically (temporary file, fsync, rename) on the I/O thread; if that
-   fails, stop here: nothing is committed, and the error shows in `/readyz`;
+4. on the I/O thread, check the writer's lease (`service.lease`: another trainer took the
+   prefix → LeaseLost, training stops), then write checkpoint N+1 atomically (temporary file,
+   fsync, rename; one PUT on an object store); if that fails, stop here: nothing is
+   committed, and the error shows in `/readyz`;
 5. serve the model as version N+1;
 6. commit the positions for the consumer group. A commit that fails is kept and retried
    (`retry_commit_if_due`) until it goes through; the checkpoint is the truth meanwhile.
@@ -22,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -54,6 +57,7 @@ class Checkpointer:
         status: TrainerStatus,
         group_id: str,
         interval_s: float,
+        fence: Callable[[], object] | None = None,
     ) -> None:
         self.store = store
         self.offsets = offsets
@@ -63,6 +67,7 @@ class Checkpointer:
         self.status = status
         self.group_id = group_id
         self.interval_s = interval_s
+        self._fence = fence
         self.version = 0
         self.newest: Checkpoint | None = None
         self._last_attempt = time.monotonic()
@@ -133,7 +138,7 @@ class Checkpointer:
             self._last_attempt = time.monotonic()
             try:
                 await asyncio.get_running_loop().run_in_executor(
-                    self._io_thread, self.store.save, checkpoint
+                    self._io_thread, self._save, checkpoint
                 )
             except OSError as exc:
                 self.offsets.not_checkpointed()
@@ -155,6 +160,13 @@ class Checkpointer:
         if consumer is not None:
             await self._commit(consumer, offsets)
         return checkpoint
+
+    def _save(self, checkpoint: Checkpoint) -> None:
+        """On the I/O thread: the writer's fence first (a lease taken over raises LeaseLost
+        and nothing is written), then the checkpoint."""
+        if self._fence is not None:
+            self._fence()
+        self.store.save(checkpoint)
 
     async def checkpoint_quietly(self, consumer: AIOKafkaConsumer | None) -> None:
         """A checkpoint on the way out (revoked partitions, a lost connection): log failures."""

@@ -23,12 +23,19 @@ import numpy as np
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
-from service.checkpoints import Checkpoint, offset_key, parse_offset_key, store_for
+from service.checkpoints import (
+    Checkpoint,
+    CheckpointStore,
+    offset_key,
+    parse_offset_key,
+    store_for,
+)
 from service.codec import Codec
 from service.kafka.clients import new_consumer
 from service.kafka.commits import commit_offsets
 from service.kafka.reading import BoundedRead, ReadStalled
 from service.kafka.topics import topic_partitions
+from service.lease import Lease, LeaseHeld
 from service.model.inputs import Batch, concat, take
 from service.model.startup import check_model
 from service.online_stats import PrequentialWindow
@@ -164,6 +171,27 @@ def fit(
     """
     if epochs < 1:
         raise FitError("--epochs must be at least 1")
+    store = store_for(settings)
+    lease = Lease(store.storage, settings.lease_ttl_s)
+    try:
+        lease.acquire()  # a trainer writes this prefix: fitting into it would fork its history
+    except LeaseHeld as exc:
+        raise FitError(str(exc)) from None
+    try:
+        return _fit(settings, store, lease, topic, epochs, fresh, progress)
+    finally:
+        lease.release()
+
+
+def _fit(
+    settings: Settings,
+    store: CheckpointStore,
+    lease: Lease,
+    topic: str,
+    epochs: int,
+    fresh: bool,
+    progress: bool,
+) -> FitReport:
     task, inputs = check_model(settings, with_checkpoint=False)
     codec = Codec.for_settings(settings, inputs, task)
     try:
@@ -181,7 +209,6 @@ def fit(
     from service.training.learner import learner_for  # TensorFlow loads here, only for fitting
 
     learner = learner_for(settings)
-    store = store_for(settings)
     previous = None if fresh else store.latest()
     offsets: dict[str, int] = {}
     if previous is not None:
@@ -212,6 +239,7 @@ def fit(
             }
         },
     )
+    lease.check()
     path = store.save(checkpoint)
     log.info("checkpoint written", extra={"version": version, "offsets": offsets})
     committed = asyncio.run(

@@ -13,8 +13,8 @@ CHECKPOINT_ERROR = "checkpoint failed"
 
 
 class TrainerStatus:
-    """State (starting, running, paused, finished, stopped, failed), Kafka reachability and the
-    last error; each change goes through a method that keeps the metrics in step."""
+    """State (starting, running, paused, finished, stopped, failed, fenced), Kafka reachability
+    and the last error; each change goes through a method that keeps the metrics in step."""
 
     def __init__(self) -> None:
         self.state = "starting"
@@ -76,10 +76,15 @@ class TrainerStatus:
         self.last_error = f"{type(exc).__name__}: {exc}"
         self.state = "failed"
 
+    def fenced(self, exc: BaseException) -> None:
+        """Another trainer took the checkpoint prefix: this one no longer trains."""
+        self.last_error = str(exc)
+        self.state = "fenced"
+
     def finished(self) -> None:
         self.state = "finished"
 
     def stopped(self) -> None:
-        if self.state != "finished":
+        if self.state not in ("finished", "fenced"):
             self.state = "stopped"
         metrics.TRAINING_ACTIVE.set(0)

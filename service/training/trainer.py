@@ -29,6 +29,7 @@ from service.kafka.clients import new_consumer, new_producer
 from service.kafka.connectivity import ConnectivityProbe
 from service.kafka.dead_letters import DeadLetterWriter
 from service.kafka.topics import ensure_topic
+from service.lease import Lease, LeaseLost
 from service.model.task import Task
 from service.online_stats import PrequentialWindow
 from service.schema_registry import RegistryUnavailable
@@ -37,6 +38,7 @@ from service.settings import Settings
 from service.storage import StorageUnavailable
 from service.training.checkpointing import Checkpointer
 from service.training.drift_response import DriftResponse
+from service.training.fencing import LeaseKeeper
 from service.training.lag_tracker import LagTracker
 from service.training.learner_thread import LearnerThread
 from service.training.offsets import PartitionOffsets
@@ -106,8 +108,10 @@ class Trainer:
             settings.labels_topic,
             pending,
         )
+        store = store_for(settings)
+        self.lease = LeaseKeeper(Lease(store.storage, settings.lease_ttl_s), self.status)
         self.checkpointer = Checkpointer(
-            store_for(settings),
+            store,
             self.offsets,
             self.learner,
             self.pipeline,
@@ -115,6 +119,7 @@ class Trainer:
             self.status,
             settings.group_id,
             settings.checkpoint_interval_s,
+            fence=self.lease.check,
         )
         self.lag = LagTracker(self.offsets)
         self._session: _Session | None = None
@@ -126,7 +131,9 @@ class Trainer:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Restore the newest checkpoint, serve its model, start consuming in the background."""
+        """Lease the checkpoint prefix, restore its newest checkpoint, serve its model, start
+        consuming in the background."""
+        await self.lease.acquire(self._stopping)
         checkpoint = await self._restore()
         await self.learner.start(
             checkpoint.state if checkpoint else None, self.checkpointer.version
@@ -180,6 +187,7 @@ class Trainer:
         self.learner.stop()
         self.pipeline.stop()
         self.checkpointer.stop()
+        await self.lease.release()
 
     async def _run(self) -> None:
         """Sessions until stopped or finished; Kafka errors reconnect after a backoff."""
@@ -197,6 +205,10 @@ class Trainer:
                 )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), timeout=delay)
+            except LeaseLost as exc:
+                log.error("checkpoint prefix taken over, training stops", extra={"error": str(exc)})
+                self.status.fenced(exc)
+                return
             except Exception as exc:  # a bug must not kill serving; it shows in /readyz
                 log.exception("trainer failed")
                 self.status.failed(exc)
@@ -244,7 +256,12 @@ class Trainer:
             yield session
         finally:
             self._session = None
-            if self.learner.ready and not self._stopping.is_set() and not self._finished:
+            if (
+                self.learner.ready
+                and not self._stopping.is_set()
+                and not self._finished
+                and self.lease.lost is None
+            ):
                 # Leaving on an error: keep what was learned, committing if Kafka allows.
                 await self.checkpointer.checkpoint_quietly(consumer)
             for client in (consumer, producer, bounds):
@@ -267,6 +284,8 @@ class Trainer:
     async def _loop(self, session: _Session) -> None:
         consumer = session.consumer
         while not self._stopping.is_set():
+            if self.lease.lost is not None:
+                raise self.lease.lost
             self._apply_pause(session)
             batches = await consumer.getmany(
                 timeout_ms=self.pipeline.poll_wait_ms(), max_records=self.settings.batch_size
@@ -378,7 +397,7 @@ class Trainer:
 
     @property
     def _finished(self) -> bool:
-        return self.status.state == "finished"
+        return self.status.state in ("finished", "fenced")
 
     # -- what the API asks (a ModelSource, and the admin operations) ---------------------------
 

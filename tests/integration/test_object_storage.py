@@ -4,8 +4,10 @@ standalone server on loopback), the start-up refusals, and the service on an s3:
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ import numpy as np
 import pytest
 
 from service.checkpoints import Checkpoint, CheckpointStore
+from service.lease import Lease, LeaseHeld
 from service.settings import SettingsError, load_settings
 from service.storage import ObjectStorage
 from tests.s3_server import S3Server
@@ -209,3 +212,70 @@ def test_a_store_failing_later_keeps_training_and_commits_only_what_is_stored(
         wait_for(lambda: committed() == 2000, 60, what="the retried checkpoint and its commit")
     finally:
         store.stop()
+
+
+def test_a_second_trainer_on_the_prefix_waits_then_takes_over_when_the_first_stops(
+    s3: S3Server, service_factory: Any, broker: Any, topic: str
+) -> None:
+    location = url(s3)
+    produce_synthetic(broker.bootstrap, topic, rows=2000, partitions=2, seed=8)
+    first = on_s3(service_factory(checkpoint_dir=location, lease_ttl_s=60), s3)
+    first.wait_trained(2000)
+
+    second = service_factory(checkpoint_dir=location, lease_ttl_s=60)
+    second.env.update(s3.env)
+    second.start(wait_ready=False)
+
+    def refused() -> bool:
+        status, body = second.request("GET", "/readyz")
+        return status == 503 and "is written by" in body.get("reason", "")
+
+    wait_for(refused, 60, what="the second trainer refused, not ready")
+    produce_synthetic(broker.bootstrap, topic, rows=1000, partitions=2, seed=9)
+    first.wait_trained(3000)  # the first keeps every partition: the second never joined
+    assert refused()
+    assert second.get("/model")["samples_trained"] == 0
+    assert second.logs().count("held by another trainer") == 1  # one line, not one a retry
+
+    first.terminate()  # a graceful stop releases the lease: no TTL to wait out
+    second.wait_trained(3000)  # restored from the first's last checkpoint
+    produce_synthetic(broker.bootstrap, topic, rows=500, partitions=2, seed=10)
+    second.wait_trained(3500)
+
+
+def test_a_trainer_whose_prefix_is_taken_stops_writing_and_keeps_serving(
+    service_factory: Any, broker: Any, topic: str, tmp_path: Path
+) -> None:
+    from service.storage import LocalStorage
+
+    directory = tmp_path / "prefix"
+    produce_synthetic(broker.bootstrap, topic, rows=1000, partitions=2, seed=11)
+    service = service_factory(checkpoint_dir=str(directory), lease_ttl_s=3).start()
+    service.wait_trained(1000)
+    wait_for(lambda: service.get("/model")["checkpoint"], 30, what="a checkpoint")
+    # The trainer stalls (SIGSTOP: a paused VM) past its TTL; a writer elsewhere, having seen
+    # the lease unrenewed for a whole TTL, takes the prefix; then the trainer wakes up.
+    store = CheckpointStore(directory)
+    assert service.process is not None
+    service.process.send_signal(signal.SIGSTOP)
+    try:
+        taker = Lease(LocalStorage(directory), ttl_s=3, host="elsewhere", pid=1)
+        wait_for(lambda: _took(taker), 30, what="the lease taken over")
+    finally:
+        service.process.send_signal(signal.SIGCONT)
+    versions = store.versions()
+
+    wait_for(lambda: service.get("/model")["trainer"]["state"] == "fenced", 30, what="state fenced")
+    produce_synthetic(broker.bootstrap, topic, rows=500, partitions=2, seed=12)
+    time.sleep(3)  # three checkpoint intervals
+    assert store.versions() == versions  # nothing written after the takeover
+    assert service.status("/readyz") == 200  # still serving what it has
+    assert service.logs().count("checkpoint prefix taken over") == 1
+
+
+def _took(lease: Lease) -> bool:
+    try:
+        lease.acquire()
+    except LeaseHeld:
+        return False
+    return True
