@@ -94,6 +94,8 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(4_000_000, ge=1024)
     role: Literal["all", "trainer", "predictor"] = "all"
     api_key: str | None = Field(None, repr=False)
+    # Bearer keys for the :predict and infer routes (comma-separated; none: open).
+    predict_api_keys: Annotated[tuple[str, ...], NoDecode] = Field((), repr=False)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_format: Literal["json", "text"] = "json"
     unknown_settings: Literal["error", "warn"] = "error"
@@ -116,6 +118,14 @@ class Settings(BaseSettings):
             if "" in names:
                 raise ValueError(f"empty name in {value!r}")
             return names if value.strip() else ()
+        return value
+
+    @field_validator("predict_api_keys", mode="before")
+    @classmethod
+    def _keys(cls, value: object) -> object:
+        """`k1,k2` as a tuple; blanks dropped, never echoed in an error."""
+        if isinstance(value, str):
+            return tuple(key.strip() for key in value.split(",") if key.strip())
         return value
 
     @field_validator("checkpoint_dir", mode="before")

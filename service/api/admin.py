@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 
+from service.api.auth import AdminKey
 from service.checkpoints import CheckpointStore
-from service.errors import AdminDisabled, NotTraining, Unauthorized
+from service.errors import NotTraining
 from service.training.trainer import Trainer
 
 
@@ -23,20 +23,10 @@ class AdminEndpoints:
         store: CheckpointStore,
         trainer: Callable[[], Trainer | None],
     ) -> None:
-        self._api_key = api_key
+        self.authorize = AdminKey(api_key)
         self.role = role
         self.store = store
         self._trainer = trainer  # the runtime's trainer, once started
-
-    async def authorize(self, request: Request) -> None:
-        """`Authorization: Bearer <STREAMFIT_API_KEY>`, compared in constant time."""
-        if not self._api_key:
-            raise AdminDisabled("admin routes are disabled: STREAMFIT_API_KEY is not set")
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            token.encode(), self._api_key.encode()
-        ):
-            raise Unauthorized("missing or wrong bearer token")
 
     def trainer(self) -> Trainer:
         trainer = self._trainer()

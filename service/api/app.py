@@ -14,6 +14,7 @@ from fastapi import FastAPI
 
 from service import __version__
 from service.api import admin, errors, health, model, v1, v2
+from service.api.auth import PredictKeys
 from service.api.middleware import RequestContext
 from service.checkpoints import store_for
 from service.runtime import Runtime
@@ -47,8 +48,9 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     app.add_middleware(RequestContext, max_body=settings.max_request_bytes)
     errors.install(app)
     dataplane = runtime.dataplane
-    app.include_router(v1.router(v1.V1Endpoints(dataplane)))
-    app.include_router(v2.router(v2.V2Endpoints(dataplane)))
+    guard = PredictKeys(settings.predict_api_keys)
+    app.include_router(v1.router(v1.V1Endpoints(dataplane), guard))
+    app.include_router(v2.router(v2.V2Endpoints(dataplane), guard))
     app.include_router(model.router(model.ModelEndpoints(dataplane)))
     app.include_router(
         health.router(health.HealthEndpoints(dataplane, runtime.loopwatch, runtime.started_at))

@@ -28,8 +28,10 @@ STATUS: dict[type[errors.StreamfitError], int] = {
 }
 
 
-def error_response(status: int, message: str, **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": message, **extra}, status_code=status)
+def error_response(
+    status: int, message: str, headers: dict[str, str] | None = None, **extra: Any
+) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
 
 
 def status_of(exc: errors.StreamfitError) -> int:
@@ -42,7 +44,9 @@ def status_of(exc: errors.StreamfitError) -> int:
 
 async def domain_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, errors.StreamfitError)
-    return error_response(status_of(exc), str(exc))
+    status = status_of(exc)
+    challenge = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return error_response(status, str(exc), headers=challenge)
 
 
 async def invalid_request(request: Request, exc: Exception) -> JSONResponse:

@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
+from service.api.auth import PredictKeys
 from service.api.schemas import PredictRequest, PredictResponse
 from service.errors import UnsupportedMediaType
 from service.logs import request_id
@@ -36,13 +37,14 @@ class V1Endpoints:
         return self.dataplane.model_status(name)
 
 
-def router(endpoints: V1Endpoints) -> APIRouter:
+def router(endpoints: V1Endpoints, guard: PredictKeys) -> APIRouter:
+    """The routes; `guard` checks the prediction key (`service.api.auth`)."""
     routes = APIRouter()
     routes.add_api_route(
         "/v1/models/{name}:predict",
         endpoints.predict,
         methods=["POST"],
-        dependencies=[Depends(require_json)],
+        dependencies=[Depends(guard), Depends(require_json)],
         responses={200: {"model": PredictResponse}},
         response_class=Response,
         tags=["predict"],

@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends
 
+from service.api.auth import PredictKeys
 from service.api.schemas import InferRequest
 from service.api.v1 import require_json
 from service.serving.dataplane import DataPlane
@@ -26,13 +27,14 @@ class V2Endpoints:
         return self.dataplane.model_metadata(name)
 
 
-def router(endpoints: V2Endpoints) -> APIRouter:
+def router(endpoints: V2Endpoints, guard: PredictKeys) -> APIRouter:
+    """The routes; `guard` checks the prediction key (`service.api.auth`)."""
     routes = APIRouter()
     routes.add_api_route(
         "/v2/models/{name}/infer",
         endpoints.infer,
         methods=["POST"],
-        dependencies=[Depends(require_json)],
+        dependencies=[Depends(guard), Depends(require_json)],
         tags=["predict"],
     )
     routes.add_api_route(
