@@ -1,9 +1,11 @@
 """Offline validation of the deployment artifacts.
 
 Covers the Dockerfile (hadolint + structure), docker-compose.yml (compose-spec JSON
-schema + wiring), deploy/prometheus (promtool, when installed), deploy/grafana, and
-the kustomize tree deploy/k8s (kubectl kustomize + Kubernetes JSON schemas from
-kubernetes-validate + structural checks of the Prometheus Operator resources).
+schema + wiring, checkpoints in the MinIO bucket), deploy/prometheus (promtool, when
+installed), deploy/grafana, and the kustomize tree deploy/k8s with its overlays (kubectl
+kustomize + Kubernetes JSON schemas from kubernetes-validate + structural checks of the
+Prometheus Operator resources; the object-store overlay shares a bucket, not a volume).
+Every image, in the compose file, the Dockerfile and every rendered kustomization, is pinned.
 
 Cross-checks against the code, so the artifacts cannot drift from the service:
 every STREAMFIT_* name is a field of service.settings.Settings, every probe path is
@@ -28,6 +30,7 @@ import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import jsonschema
 import kubernetes_validate
@@ -45,7 +48,15 @@ COMPOSE_SCHEMA = ROOT / "deploy" / "schemas" / "compose-spec.json"
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
 GRAFANA_DIR = ROOT / "deploy" / "grafana"
 K8S_DIR = ROOT / "deploy" / "k8s"
+K8S_OVERLAYS_DIR = K8S_DIR / "overlays"
+OBJECT_STORE_OVERLAY = K8S_OVERLAYS_DIR / "object-store"
 DEPLOY_DOC = ROOT / "docs" / "DEPLOY.md"
+
+# The builds `kubectl apply -k` is documented for: the default tree (a ReadWriteMany volume
+# shared by trainer and predictors) and the overlay that shares a bucket instead.
+DEFAULT_BUILD = "deploy/k8s"
+OBJECT_STORE_BUILD = "overlays/object-store"
+K8S_BUILDS = {DEFAULT_BUILD: K8S_DIR, OBJECT_STORE_BUILD: OBJECT_STORE_OVERLAY}
 
 # The oldest Kubernetes minor the manifests claim to support, and the newest one
 # kubernetes-validate ships schemas for.
@@ -55,6 +66,36 @@ K8S_VERSIONS = sorted({K8S_MIN_VERSION, kubernetes_validate.latest_version()})
 # The service stops within this many seconds of SIGTERM (SPEC / service shutdown path).
 SHUTDOWN_SECONDS = 30
 APP_UID = 10001
+# The image's checkpoint directory (Dockerfile ENV and VOLUME), where the base mounts its claim.
+IMAGE_CHECKPOINT_DIR = "/var/lib/streamfit/checkpoints"
+# Variables of the object-store clients (botocore, google-auth, adlfs) that a deployment may
+# set beside streamfit's own settings. The clients ignore a misspelt name, so only these pass.
+STORAGE_CLIENT_VARIABLES = {
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_ROLE_ARN",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_STS_REGIONAL_ENDPOINTS",
+    "GOOGLE_APPLICATION_CREDENTIALS",
+    "AZURE_STORAGE_ACCOUNT_NAME",
+    "AZURE_STORAGE_ACCOUNT_KEY",
+    "AZURE_STORAGE_CONNECTION_STRING",
+    "AZURE_STORAGE_SAS_TOKEN",
+    "AZURE_STORAGE_ANON",
+}
+# What the EKS pod identity webhook injects into the pods of a ServiceAccount annotated with
+# eks.amazonaws.com/role-arn (IRSA): the role and a projected token, which botocore exchanges.
+IRSA_ROLE_ANNOTATION = "eks.amazonaws.com/role-arn"
+IRSA_TOKEN_FILE = "/var/run/secrets/eks.amazonaws.com/serviceaccount/token"
+IAM_ROLE_ARN = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+")
+# A pinned image: a digest, or an explicit tag other than the floating `latest`.
+IMAGE_DIGEST = re.compile(r"@sha256:[0-9a-f]{64}")
+IMAGE_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 STREAMFIT_NAME = re.compile(r"\bSTREAMFIT_[A-Z0-9_]*[A-Z0-9]\b")
 METRIC_NAME = re.compile(r"\bstreamfit_[a-z0-9_]+\b")
 URL_PATH = re.compile(r"https?://[^/\s'\"]+(/[^\s'\"?#]*)")
@@ -205,6 +246,37 @@ def selector_matches(selector: dict[str, Any], labels: dict[str, str]) -> bool:
     return True
 
 
+def image_unpinned(reference: str) -> str | None:
+    """Why an image reference is not pinned, or None when it is (a digest, or a tag that is
+    not `latest`). `localhost:5000/x` has no tag: that colon belongs to the registry."""
+    if not reference or "$" in reference:
+        return "empty or unresolved"
+    name, _, digest = reference.partition("@")
+    if digest:
+        return None if IMAGE_DIGEST.fullmatch("@" + digest) else f"malformed digest @{digest}"
+    repository, colon, tag = name.rpartition(":")
+    if not colon or not repository or "/" in tag:
+        return "no tag (implicitly latest)"
+    if not IMAGE_TAG.fullmatch(tag):
+        return f"malformed tag {tag!r}"
+    if tag.lower() == "latest":
+        return "the floating tag latest"
+    return None
+
+
+def pod_specs(objects: Iterable[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], dict]]:
+    """(object, pod spec) of every Pod and pod template."""
+    for obj in objects:
+        if obj["kind"] == "Pod":
+            yield obj, obj["spec"]
+    for obj, template in pod_templates(objects):
+        yield obj, template["spec"]
+
+
+def all_containers(pod: dict[str, Any]) -> list[dict[str, Any]]:
+    return pod.get("initContainers", []) + pod["containers"] + pod.get("ephemeralContainers", [])
+
+
 # --------------------------------------------------------------------------------------
 # fixtures: the service's own interfaces
 # --------------------------------------------------------------------------------------
@@ -269,18 +341,23 @@ def exported_series(app_routes: dict[str, set[str]]) -> set[str]:
 
 
 @pytest.fixture()
-def settings_accept(monkeypatch: pytest.MonkeyPatch):
+def settings_accept(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     """Returns check(env, where): start-up's settings (load_settings, which also refuses unknown
-    STREAMFIT_ names) must load from exactly that environment."""
+    STREAMFIT_ names, and an object store it cannot reach with the credentials at hand) must
+    load from exactly that environment: its STREAMFIT_ settings and object-store client
+    variables, and none of this machine's (AWS files, instance metadata)."""
     from service.settings import load_settings
 
     def check(env: dict[str, str], where: str) -> None:
         with monkeypatch.context() as patch:
             for name in list(os.environ):
-                if name.startswith("STREAMFIT_"):
+                if name.startswith(("STREAMFIT_", "AWS_", "GOOGLE_", "AZURE_")):
                     patch.delenv(name)
+            patch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+            patch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+            patch.setenv("AWS_EC2_METADATA_DISABLED", "true")
             for name, value in env.items():
-                if name.startswith("STREAMFIT_"):
+                if name.startswith("STREAMFIT_") or name in STORAGE_CLIENT_VARIABLES:
                     patch.setenv(name, value)
             try:
                 load_settings()
@@ -333,6 +410,34 @@ def test_checkers_reject_broken_input(
     }
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(broken, K8S_MIN_VERSION, strict=True)
+    # Unpinned images are named as such; pinned ones pass.
+    unpinned = [
+        "minio/minio",
+        "minio/minio:latest",
+        "localhost:5000/streamfit",
+        "streamfit",
+        "streamfit:${TAG}",
+        "python@sha256:1234",
+        "",
+    ]
+    for reference in unpinned:
+        assert image_unpinned(reference), f"{reference!r} passed as pinned"
+    pinned = [
+        "quay.io/minio/minio:RELEASE.2025-09-07T16-13-09Z",
+        "localhost:5000/ml/streamfit:0.1.0",
+        "python@sha256:" + "0" * 64,
+    ]
+    for reference in pinned:
+        assert image_unpinned(reference) is None, f"{reference!r} refused"
+    # A compose predictor back on a local directory no longer shares the trainer's bucket.
+    local = load_yaml(COMPOSE)
+    local["services"]["predictor"]["environment"]["STREAMFIT_CHECKPOINT_DIR"] = "/checkpoints"
+    with pytest.raises(AssertionError):
+        check_compose_checkpoint_bucket(local)
+    # The default tree (an RWX claim shared by trainer and predictors) is no object-store
+    # deployment.
+    with pytest.raises(AssertionError):
+        check_object_store_checkpoints(build_objects(DEFAULT_BUILD))
 
 
 # --------------------------------------------------------------------------------------
@@ -504,9 +609,15 @@ def test_compose_matches_the_compose_spec_schema(compose: dict[str, Any]) -> Non
     assert not errors, "\n".join(f"{e.json_path}: {e.message}" for e in errors)
 
 
+# The long-running streamfit services of the compose stack, by role: one trains (and
+# serves), one only serves; they share checkpoints through the MinIO bucket.
+COMPOSE_STREAMFIT_ROLES = {"streamfit": "all", "predictor": "predictor"}
+
+
 def test_compose_wiring(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert {"kafka", "seed", "streamfit", "prometheus", "grafana"} <= set(services)
+    expected = {"kafka", "seed", "minio", "minio-bucket", "prometheus", "grafana"}
+    assert expected | set(COMPOSE_STREAMFIT_ROLES) <= set(services)
 
     kafka = services["kafka"]
     assert kafka["image"].startswith("apache/kafka:")
@@ -527,12 +638,12 @@ def test_compose_wiring(compose: dict[str, Any]) -> None:
 
     streamfit = services["streamfit"]
     assert "8000:8000" in [str(p) for p in streamfit["ports"]]
-    assert duration_seconds(streamfit["stop_grace_period"]) > SHUTDOWN_SECONDS
-    env = compose_environment(streamfit)
-    mounts = {v.split(":")[1]: v.split(":")[0] for v in streamfit["volumes"]}
-    assert mounts.get(env["STREAMFIT_CHECKPOINT_DIR"]) in compose["volumes"], (
-        "the checkpoint directory must be a named volume"
-    )
+    for name, role in COMPOSE_STREAMFIT_ROLES.items():
+        service = services[name]
+        assert compose_environment(service)["STREAMFIT_ROLE"] == role, name
+        assert service.get("build"), f"{name} must be built from the Dockerfile"
+        # Time for the graceful stop (drain, final checkpoint) before SIGKILL.
+        assert duration_seconds(service["stop_grace_period"]) > SHUTDOWN_SECONDS, name
 
     # Every named volume is declared; every bind-mounted file exists in the repo.
     for name, service in services.items():
@@ -544,6 +655,72 @@ def test_compose_wiring(compose: dict[str, Any]) -> None:
                 assert source in compose["volumes"], f"{name}: volume {source} not declared"
         for dependency in service.get("depends_on", {}) or {}:
             assert dependency in services, f"{name} depends on unknown {dependency}"
+
+
+def check_compose_checkpoint_bucket(compose: dict[str, Any]) -> None:
+    """Trainer and predictor share one prefix of a bucket in the compose MinIO, which exists
+    before either starts; no volume carries checkpoints."""
+    services = compose["services"]
+    minio, bucket_job = services["minio"], services["minio-bucket"]
+
+    # The official MinIO server (its own registry; Docker Hub no longer serves it), healthy
+    # before the bucket job runs.
+    assert re.fullmatch(r"(quay\.io/)?minio/minio:\S+", minio["image"]), minio["image"]
+    assert minio["command"][:2] == ["server", "/data"]
+    assert {"MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD"} <= set(minio["environment"])
+    health = minio.get("healthcheck", {})
+    assert health.get("test") and not health.get("disable"), "minio needs a health check"
+    assert bucket_job["depends_on"]["minio"]["condition"] == "service_healthy"
+
+    # The one-shot job: `mc mb` on an alias given as MC_HOST_<alias>=http://user:pw@host:port.
+    assert re.fullmatch(r"(quay\.io/)?minio/mc:\S+", bucket_job["image"]), bucket_job["image"]
+    assert bucket_job.get("restart") == "no"
+    command = bucket_job["command"]
+    assert command[0] == "mb" and "--ignore-existing" in command, command
+    alias, _, bucket = command[-1].partition("/")
+    mc_env = compose_environment(bucket_job)
+    mc_host = urlsplit(mc_env[f"MC_HOST_{alias}"])
+    minio_env = compose_environment(minio)
+    assert (mc_host.username, mc_host.password) == (
+        minio_env["MINIO_ROOT_USER"],
+        minio_env["MINIO_ROOT_PASSWORD"],
+    )
+    assert mc_host.hostname in services and mc_host.hostname == "minio"
+
+    locations: dict[str, str] = {}
+    for name in COMPOSE_STREAMFIT_ROLES:
+        service = services[name]
+        env = compose_environment(service)
+        location = env["STREAMFIT_CHECKPOINT_DIR"]
+        parts = urlsplit(location)
+        assert parts.scheme == "s3", f"{name}: checkpoints at {location}, not in the bucket"
+        assert parts.netloc == bucket, f"{name}: bucket {parts.netloc}, the job creates {bucket}"
+        assert parts.path.strip("/"), f"{name}: give the checkpoints a prefix in the bucket"
+        locations[name] = location
+        # The standard AWS variables reach the MinIO that the bucket job filled.
+        endpoint = urlsplit(env["AWS_ENDPOINT_URL"])
+        assert (endpoint.hostname, endpoint.port) == (mc_host.hostname, mc_host.port), name
+        assert env.get("AWS_REGION"), f"{name}: no AWS_REGION"
+        assert (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]) == (
+            mc_host.username,
+            mc_host.password,
+        ), f"{name}: credentials differ from MinIO's"
+        condition = service["depends_on"]["minio-bucket"]["condition"]
+        assert condition == "service_completed_successfully", f"{name} may start before the bucket"
+        targets = [str(v).split(":")[1] for v in service.get("volumes", [])]
+        assert IMAGE_CHECKPOINT_DIR not in targets, f"{name} still mounts a checkpoint volume"
+    assert len(set(locations.values())) == 1, f"trainer and predictor differ: {locations}"
+    shared = set.intersection(
+        *(
+            {str(v).split(":")[0] for v in services[name].get("volumes", [])}
+            for name in COMPOSE_STREAMFIT_ROLES
+        )
+    )
+    assert not shared, f"trainer and predictor share volumes {shared}: the bucket is the link"
+
+
+def test_compose_checkpoints_live_in_the_minio_bucket(compose: dict[str, Any]) -> None:
+    check_compose_checkpoint_bucket(compose)
 
 
 def test_compose_seed_command_parses_with_the_cli(compose: dict[str, Any]) -> None:
@@ -565,13 +742,39 @@ def test_compose_seed_command_parses_with_the_cli(compose: dict[str, Any]) -> No
 def test_compose_probes_and_settings(
     compose: dict[str, Any], app_routes: dict[str, set[str]], settings_accept
 ) -> None:
-    for name in ("streamfit", "seed"):
+    for name in ("seed", *COMPOSE_STREAMFIT_ROLES):
         settings_accept(compose_environment(compose["services"][name]), f"compose {name}")
-    test = compose["services"]["streamfit"]["healthcheck"]["test"]
-    paths = url_paths(" ".join(test))
-    assert paths, "streamfit's compose healthcheck names no URL"
-    for path in paths:
-        assert_probe_path(app_routes, path, "compose streamfit healthcheck")
+    for name in COMPOSE_STREAMFIT_ROLES:
+        test = compose["services"][name]["healthcheck"]["test"]
+        paths = url_paths(" ".join(test))
+        assert paths, f"{name}'s compose healthcheck names no URL"
+        for path in paths:
+            assert_probe_path(app_routes, path, f"compose {name} healthcheck")
+
+
+def test_compose_and_dockerfile_images_are_pinned(compose: dict[str, Any]) -> None:
+    """Every image compose pulls, and every base image of the Dockerfile: a digest or an
+    explicit tag other than `latest`. A service without `image` is built here."""
+    problems: list[str] = []
+    for name, service in compose["services"].items():
+        if "image" not in service:
+            assert service.get("build"), f"{name}: neither an image nor a build"
+            continue
+        why = image_unpinned(interpolate(str(service["image"])))
+        if why:
+            problems.append(f"docker-compose.yml {name}: {service['image']!r}: {why}")
+    stages: list[str] = []
+    for keyword, args in dockerfile_instructions(DOCKERFILE.read_text()):
+        if keyword != "FROM":
+            continue
+        words = [w for w in args.split() if not w.startswith("--")]
+        if words[0] not in stages:  # FROM <earlier stage> pulls nothing
+            why = image_unpinned(words[0])
+            if why:
+                problems.append(f"Dockerfile FROM {words[0]!r}: {why}")
+        if len(words) == 3 and words[1].upper() == "AS":
+            stages.append(words[2])
+    assert not problems, "unpinned images:\n" + "\n".join(problems)
 
 
 def test_compose_prometheus_and_grafana(compose: dict[str, Any], app_routes) -> None:
@@ -583,6 +786,17 @@ def test_compose_prometheus_and_grafana(compose: dict[str, Any], app_routes) -> 
     targets = [t for sc in streamfit_job["static_configs"] for t in sc["targets"]]
     port = compose_environment(services["streamfit"]).get("STREAMFIT_HTTP_PORT", "8000")
     assert targets == [f"streamfit:{port}"]
+    # Every streamfit process of the stack is scraped, each in a job of its own.
+    for name in COMPOSE_STREAMFIT_ROLES:
+        port = compose_environment(services[name]).get("STREAMFIT_HTTP_PORT", "8000")
+        scraped = [
+            job_name
+            for job_name, job in jobs.items()
+            for sc in job["static_configs"]
+            if f"{name}:{port}" in sc["targets"]
+        ]
+        assert len(scraped) == 1, f"{name}:{port} is scraped by {scraped}"
+        assert_probe_path(app_routes, jobs[scraped[0]].get("metrics_path", "/metrics"), name)
 
     # The rule file is mounted where prometheus.yml's (relative) rule_files point.
     mounts = dict(
@@ -724,23 +938,30 @@ def kustomize(path: Path) -> list[dict[str, Any]]:
 
 
 def read_env_file(path: Path) -> dict[str, str]:
-    """A kustomize generator env file; like kustomize, keys with empty values are dropped."""
+    """A kustomize generator env file (like kustomize, an empty value stays, as "")."""
     pairs = (
         line.split("=", 1)
         for line in path.read_text().splitlines()
         if line.strip() and not line.lstrip().startswith("#")
     )
-    return {key.strip(): value for key, value in pairs if value}
+    return {key.strip(): value for key, value in pairs}
+
+
+def in_default_tree(path: Path) -> bool:
+    """Whether a file under deploy/k8s is part of `kubectl kustomize deploy/k8s` (the overlays
+    are not)."""
+    return K8S_OVERLAYS_DIR not in path.parents
 
 
 def unbuilt_objects() -> list[dict[str, Any]]:
-    """Without kubectl: the manifest files plus the generated ConfigMap/Secret, unhashed.
+    """Without kubectl: the default tree's manifest files plus its generated ConfigMap/Secret,
+    unhashed.
 
     Enough for the checks on workloads, Services and monitoring; the namespace, labels and
-    image transformations of kustomize are not applied.
+    image transformations of kustomize are not applied. Overlays need kustomize itself.
     """
-    objects = [obj for _, obj in manifest_objects()]
-    for kustomization in kustomization_files():
+    objects = [obj for path, obj in manifest_objects() if in_default_tree(path)]
+    for kustomization in filter(in_default_tree, kustomization_files()):
         spec = load_yaml(kustomization)
         for kind, key in (("ConfigMap", "configMapGenerator"), ("Secret", "secretGenerator")):
             for generator in spec.get(key, []):
@@ -760,26 +981,61 @@ def unbuilt_objects() -> list[dict[str, Any]]:
     return objects
 
 
+def build_objects(build: str) -> list[dict[str, Any]]:
+    """The objects `kubectl kustomize` renders for one of K8S_BUILDS; without kubectl, the
+    default tree's files as written (and the overlays skip)."""
+    if build == DEFAULT_BUILD and not tool("kubectl") and not REQUIRE_TOOLS:
+        # Not a skip (the checks still run), so say in the warnings summary what was not built.
+        warnings.warn(
+            "kubectl not installed: checking the deploy/k8s files as written, without "
+            "kustomize's namespace, labels, image and name-hash transformations",
+            stacklevel=1,
+        )
+        return unbuilt_objects()
+    return kustomize(K8S_BUILDS[build])
+
+
+@pytest.fixture(scope="module", params=sorted(K8S_BUILDS))
+def k8s(request: pytest.FixtureRequest) -> list[dict[str, Any]]:
+    """Each build's objects in turn: the checks every deployment must pass."""
+    return build_objects(request.param)
+
+
 @pytest.fixture(scope="module")
-def k8s() -> list[dict[str, Any]]:
-    """The objects `kubectl kustomize deploy/k8s` renders (or, without kubectl, the files)."""
-    if tool("kubectl") or REQUIRE_TOOLS:
-        return kustomize(K8S_DIR)
-    # Not a skip (the checks still run), so say in the warnings summary what was not built.
-    warnings.warn(
-        "kubectl not installed: checking the deploy/k8s files as written, without kustomize's "
-        "namespace, labels, image and name-hash transformations",
-        stacklevel=1,
-    )
-    return unbuilt_objects()
+def k8s_default() -> list[dict[str, Any]]:
+    return build_objects(DEFAULT_BUILD)
+
+
+@pytest.fixture(scope="module")
+def k8s_object_store() -> list[dict[str, Any]]:
+    return build_objects(OBJECT_STORE_BUILD)
 
 
 def by_kind(objects: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
     return {o["metadata"]["name"]: o for o in objects if o["kind"] == kind}
 
 
+def generated(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    """The one generated object `name`, with or without kustomize's hash suffix."""
+    (found,) = [
+        obj
+        for obj_name, obj in by_kind(objects, kind).items()
+        if re.fullmatch(rf"{re.escape(name)}(-[a-z0-9]{{10}})?", obj_name)
+    ]
+    return found
+
+
 def kustomization_files() -> list[Path]:
     return sorted(K8S_DIR.rglob("kustomization.yaml"))
+
+
+def kustomization_roots() -> list[Path]:
+    """Every directory `kubectl kustomize` builds on its own (components cannot)."""
+    return [
+        path.parent
+        for path in kustomization_files()
+        if load_yaml(path).get("kind", "Kustomization") == "Kustomization"
+    ]
 
 
 def test_k8s_every_manifest_is_part_of_the_kustomization() -> None:
@@ -795,6 +1051,7 @@ def test_k8s_every_manifest_is_part_of_the_kustomization() -> None:
         manifests = {p for p in folder.glob("*.yaml") if p.name != "kustomization.yaml"}
         orphans = manifests - listed
         assert not orphans, f"manifests not listed in {kustomization}: {sorted(orphans)}"
+    assert OBJECT_STORE_OVERLAY in kustomization_roots()
 
 
 def manifest_objects() -> list[tuple[Path, dict[str, Any]]]:
@@ -829,15 +1086,15 @@ def test_k8s_manifest_files_match_kubernetes_schemas() -> None:
         validate_k8s(obj, str(path.relative_to(ROOT)))
 
 
-def test_k8s_kustomize_build_matches_kubernetes_schemas() -> None:
-    k8s = kustomize(K8S_DIR)
+@pytest.mark.parametrize("build", sorted(K8S_BUILDS))
+def test_k8s_kustomize_build_matches_kubernetes_schemas(build: str) -> None:
+    k8s = kustomize(K8S_BUILDS[build])
     kinds = sorted({o["kind"] for o in k8s})
     expected = {
         "Namespace",
         "ServiceAccount",
         "ConfigMap",
         "Secret",
-        "PersistentVolumeClaim",
         "StatefulSet",
         "Deployment",
         "Service",
@@ -846,9 +1103,11 @@ def test_k8s_kustomize_build_matches_kubernetes_schemas() -> None:
         "ServiceMonitor",
         "PrometheusRule",
     }
+    if build == DEFAULT_BUILD:
+        expected.add("PersistentVolumeClaim")
     assert expected <= set(kinds), f"missing kinds: {expected - set(kinds)}"
     for obj in k8s:
-        validate_k8s(obj, f"kustomize {obj['kind']}/{obj['metadata']['name']}")
+        validate_k8s(obj, f"{build}: {obj['kind']}/{obj['metadata']['name']}")
         if obj["kind"] != "Namespace":
             assert obj["metadata"].get("namespace"), f"{obj['metadata']['name']} has no namespace"
 
@@ -861,25 +1120,69 @@ def test_k8s_base_builds_without_the_operator_crds() -> None:
     assert {key(o) for o in base} <= {key(o) for o in k8s}
 
 
+def test_k8s_every_rendered_image_is_pinned() -> None:
+    """Every kustomization that builds on its own, as rendered: no `latest`, no bare name."""
+    problems: list[str] = []
+    roots = kustomization_roots()
+    assert {K8S_DIR, K8S_DIR / "base", OBJECT_STORE_OVERLAY} <= set(roots)
+    for root in roots:
+        for obj, pod in pod_specs(kustomize(root)):
+            for c in all_containers(pod):
+                why = image_unpinned(c.get("image", ""))
+                if why:
+                    where = f"{root.relative_to(ROOT)}: {obj['kind']}/{obj['metadata']['name']}"
+                    problems.append(f"{where} container {c['name']}: {c.get('image')!r}: {why}")
+    assert not problems, "unpinned images:\n" + "\n".join(problems)
+
+
+def main_container(obj: dict[str, Any]) -> dict[str, Any]:
+    (main,) = [c for c in obj["spec"]["template"]["spec"]["containers"] if c["name"] == "streamfit"]
+    return main
+
+
+def env_value(obj: dict[str, Any], name: str) -> str | None:
+    return next(
+        (e.get("value") for e in main_container(obj).get("env", []) if e["name"] == name), None
+    )
+
+
+def workload_environment(obj: dict[str, Any], objects: list[dict[str, Any]]) -> dict[str, str]:
+    """The streamfit container's environment from its ConfigMaps, Secrets and literal values
+    (a missing optional source adds nothing)."""
+    configmaps, secrets = by_kind(objects, "ConfigMap"), by_kind(objects, "Secret")
+    env: dict[str, str] = {}
+    for source in main_container(obj).get("envFrom", []):
+        if "configMapRef" in source and source["configMapRef"]["name"] in configmaps:
+            env |= configmaps[source["configMapRef"]["name"]].get("data") or {}
+        if "secretRef" in source and source["secretRef"]["name"] in secrets:
+            data = secrets[source["secretRef"]["name"]].get("data") or {}
+            env |= {k: base64.b64decode(v).decode() for k, v in data.items()}
+    for item in main_container(obj).get("env", []):
+        if "value" in item:
+            env[item["name"]] = item["value"]
+    return env
+
+
+def service_account(obj: dict[str, Any], objects: list[dict[str, Any]]) -> dict[str, Any]:
+    name = obj["spec"]["template"]["spec"].get("serviceAccountName", "default")
+    accounts = by_kind(objects, "ServiceAccount")
+    assert name in accounts, f"{obj['metadata']['name']} runs as ServiceAccount {name}, not built"
+    return accounts[name]
+
+
+def irsa_environment(account: dict[str, Any]) -> dict[str, str]:
+    """What the EKS pod identity webhook adds to a pod of this ServiceAccount (none if the
+    account has no role)."""
+    role = (account["metadata"].get("annotations") or {}).get(IRSA_ROLE_ANNOTATION)
+    return {"AWS_ROLE_ARN": role, "AWS_WEB_IDENTITY_TOKEN_FILE": IRSA_TOKEN_FILE} if role else {}
+
+
 def test_k8s_topology(k8s: list[dict[str, Any]]) -> None:
     statefulsets = by_kind(k8s, "StatefulSet")
     deployments = by_kind(k8s, "Deployment")
     services = by_kind(k8s, "Service")
-    claims = by_kind(k8s, "PersistentVolumeClaim")
-    configmaps = by_kind(k8s, "ConfigMap")
     trainer = statefulsets["streamfit-trainer"]
     predictor = deployments["streamfit-predictor"]
-
-    def container(obj: dict[str, Any]) -> dict[str, Any]:
-        (main,) = [
-            c for c in obj["spec"]["template"]["spec"]["containers"] if c["name"] == "streamfit"
-        ]
-        return main
-
-    def env_value(obj: dict[str, Any], name: str) -> str | None:
-        return next(
-            (e.get("value") for e in container(obj).get("env", []) if e["name"] == name), None
-        )
 
     # One trainer, never more; predictors scaled by the HPA only.
     assert trainer["spec"]["replicas"] == 1
@@ -916,24 +1219,6 @@ def test_k8s_topology(k8s: list[dict[str, Any]]) -> None:
         for port in svc["spec"]["ports"]:
             assert port["targetPort"] in ports | {port["port"]}
 
-    # Checkpoints: one standalone RWX claim, written by the trainer, read-only elsewhere.
-    (config,) = configmaps.values()
-    checkpoint_dir = config["data"]["STREAMFIT_CHECKPOINT_DIR"]
-    (claim,) = claims.values()
-    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
-    assert not trainer["spec"].get("volumeClaimTemplates")
-    for obj, read_only in ((trainer, False), (predictor, True)):
-        pod = obj["spec"]["template"]["spec"]
-        volume = next(
-            v
-            for v in pod["volumes"]
-            if v.get("persistentVolumeClaim", {}).get("claimName") == claim["metadata"]["name"]
-        )
-        mount = next(m for m in container(obj)["volumeMounts"] if m["name"] == volume["name"])
-        assert mount["mountPath"] == checkpoint_dir
-        assert bool(mount.get("readOnly")) is read_only
-        assert bool(volume["persistentVolumeClaim"].get("readOnly")) is read_only
-
     # HPA (autoscaling/v2, CPU) on the predictors; the PDB leaves room for drains.
     (hpa,) = by_kind(k8s, "HorizontalPodAutoscaler").values()
     assert hpa["apiVersion"] == "autoscaling/v2"
@@ -952,15 +1237,100 @@ def test_k8s_topology(k8s: list[dict[str, Any]]) -> None:
     )
     assert hpa["spec"]["minReplicas"] > pdb["spec"]["minAvailable"]
 
-    # envFrom references resolve to generated objects in the build.
-    secrets = by_kind(k8s, "Secret")
+    # envFrom references resolve to generated objects in the build; only an optional source
+    # (credentials an operator may add) can be absent.
+    configmaps, secrets = by_kind(k8s, "ConfigMap"), by_kind(k8s, "Secret")
     for _obj, template in pod_templates(k8s):
         for c in template["spec"]["containers"]:
             for source in c.get("envFrom", []):
-                if "configMapRef" in source:
-                    assert source["configMapRef"]["name"] in configmaps
-                if "secretRef" in source:
-                    assert source["secretRef"]["name"] in secrets
+                ref = source.get("configMapRef") or source.get("secretRef")
+                built = configmaps if "configMapRef" in source else secrets
+                assert ref["name"] in built or ref.get("optional") is True, ref
+    # Every workload runs as a ServiceAccount of the build (the identity object stores trust).
+    for obj, _template in pod_templates(k8s):
+        service_account(obj, k8s)
+
+
+def check_shared_volume_checkpoints(objects: list[dict[str, Any]]) -> None:
+    """One standalone ReadWriteMany claim, mounted at the checkpoint directory: read-write by
+    the trainer, read-only by the predictors."""
+    trainer = by_kind(objects, "StatefulSet")["streamfit-trainer"]
+    predictor = by_kind(objects, "Deployment")["streamfit-predictor"]
+    checkpoint_dir = generated(objects, "ConfigMap", "streamfit-config")["data"][
+        "STREAMFIT_CHECKPOINT_DIR"
+    ]
+    (claim,) = by_kind(objects, "PersistentVolumeClaim").values()
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert not trainer["spec"].get("volumeClaimTemplates")
+    for obj, read_only in ((trainer, False), (predictor, True)):
+        pod = obj["spec"]["template"]["spec"]
+        volume = next(
+            v
+            for v in pod["volumes"]
+            if v.get("persistentVolumeClaim", {}).get("claimName") == claim["metadata"]["name"]
+        )
+        mount = next(m for m in main_container(obj)["volumeMounts"] if m["name"] == volume["name"])
+        assert mount["mountPath"] == checkpoint_dir
+        assert bool(mount.get("readOnly")) is read_only
+        assert bool(volume["persistentVolumeClaim"].get("readOnly")) is read_only
+
+
+def test_k8s_default_tree_shares_a_readwritemany_volume(
+    k8s_default: list[dict[str, Any]],
+) -> None:
+    check_shared_volume_checkpoints(k8s_default)
+
+
+def check_object_store_checkpoints(objects: list[dict[str, Any]]) -> None:
+    """Trainer and predictors name the same s3:// prefix, with the same S3 client settings,
+    each through a ServiceAccount with an IRSA role (the predictors' their own); no claim,
+    and no volume but scratch space (the checkpoint directory is not mounted)."""
+    claims = by_kind(objects, "PersistentVolumeClaim")
+    rwx = [n for n, c in claims.items() if "ReadWriteMany" in c["spec"].get("accessModes", [])]
+    assert not rwx, f"ReadWriteMany claims in an object-store deployment: {rwx}"
+    assert not claims, f"claims in an object-store deployment: {sorted(claims)}"
+    trainer = by_kind(objects, "StatefulSet")["streamfit-trainer"]
+    predictor = by_kind(objects, "Deployment")["streamfit-predictor"]
+    scratch = {"emptyDir", "configMap", "secret", "projected", "downwardAPI"}
+    envs, roles = {}, {}
+    for role, obj in (("trainer", trainer), ("predictor", predictor)):
+        pod = obj["spec"]["template"]["spec"]
+        assert not obj["spec"].get("volumeClaimTemplates"), f"{role}: volumeClaimTemplates"
+        for volume in pod.get("volumes", []):
+            sources = set(volume) - {"name"}
+            assert sources <= scratch, f"{role}: volume {volume['name']} is {sorted(sources)}"
+        for c in all_containers(pod):
+            mounted = {m["mountPath"] for m in c.get("volumeMounts", [])}
+            assert IMAGE_CHECKPOINT_DIR not in mounted, f"{role}: checkpoint directory mounted"
+        env = workload_environment(obj, objects)
+        location = env.get("STREAMFIT_CHECKPOINT_DIR", IMAGE_CHECKPOINT_DIR)
+        parts = urlsplit(location)
+        assert parts.scheme == "s3", f"{role}: checkpoints at {location}, not on S3"
+        assert parts.netloc and parts.path.strip("/"), f"{role}: {location} needs bucket/prefix"
+        envs[role] = env
+        account = service_account(obj, objects)
+        role_arn = irsa_environment(account).get("AWS_ROLE_ARN", "")
+        assert IAM_ROLE_ARN.fullmatch(role_arn), (
+            f"{role}: ServiceAccount {account['metadata']['name']} has no IRSA role ({role_arn!r})"
+        )
+        roles[role] = (account["metadata"]["name"], role_arn)
+    assert (
+        envs["trainer"]["STREAMFIT_CHECKPOINT_DIR"] == envs["predictor"]["STREAMFIT_CHECKPOINT_DIR"]
+    )
+    client = {
+        role: {k: v for k, v in env.items() if k.startswith("AWS_")} for role, env in envs.items()
+    }
+    assert client["trainer"] == client["predictor"], f"S3 client settings differ: {client}"
+    assert client["trainer"].get("AWS_REGION"), "no AWS_REGION for the bucket"
+    # The predictors only read: their own account, so their role can be read-only.
+    assert roles["trainer"][0] != roles["predictor"][0], f"one ServiceAccount for both: {roles}"
+    assert roles["trainer"][1] != roles["predictor"][1], f"one IAM role for both: {roles}"
+
+
+def test_k8s_object_store_overlay_shares_a_bucket_not_a_volume(
+    k8s_object_store: list[dict[str, Any]],
+) -> None:
+    check_object_store_checkpoints(k8s_object_store)
 
 
 def test_k8s_pod_security_and_lifecycle(
@@ -968,8 +1338,8 @@ def test_k8s_pod_security_and_lifecycle(
 ) -> None:
     templates = list(pod_templates(k8s))
     assert len(templates) == 2
-    configmaps = by_kind(k8s, "ConfigMap")
-    http_port = int(next(iter(configmaps.values()))["data"].get("STREAMFIT_HTTP_PORT", 8000))
+    config = generated(k8s, "ConfigMap", "streamfit-config")
+    http_port = int(config["data"].get("STREAMFIT_HTTP_PORT", 8000))
     for obj, template in templates:
         where = f"{obj['kind']}/{obj['metadata']['name']}"
         pod = template["spec"]
@@ -1147,16 +1517,20 @@ def test_k8s_config_and_workload_environments(
     configmaps, secrets = by_kind(k8s, "ConfigMap"), by_kind(k8s, "Secret")
     for source in list(configmaps.values()) + list(secrets.values()):
         for key in (source.get("data") or {}) | (source.get("stringData") or {}):
-            assert key in setting_env_names, (
-                f"{source['kind']} {source['metadata']['name']}: {key} is not a setting"
+            known = setting_env_names if key.startswith("STREAMFIT_") else STORAGE_CLIENT_VARIABLES
+            assert key in known, (
+                f"{source['kind']} {source['metadata']['name']}: {key} is neither a setting "
+                "nor an object-store client variable"
             )
     for obj, template in pod_templates(k8s):
+        # What the pod gets before its own sources: IRSA's variables, if its account has a role.
+        irsa = irsa_environment(service_account(obj, k8s))
         for c in template["spec"]["containers"]:
-            env: dict[str, str] = {}
+            env: dict[str, str] = dict(irsa)
             for source in c.get("envFrom", []):
                 if "configMapRef" in source:
                     env |= configmaps[source["configMapRef"]["name"]].get("data", {})
-                if "secretRef" in source:
+                if "secretRef" in source and source["secretRef"]["name"] in secrets:
                     data = secrets[source["secretRef"]["name"]].get("data") or {}
                     env |= {k: base64.b64decode(v).decode() for k, v in data.items()}
             for item in c.get("env", []):
@@ -1169,6 +1543,7 @@ def test_k8s_config_and_workload_environments(
                         continue
                     assert "value" in item, f"{item['name']}: use a literal value"
                     env[item["name"]] = item["value"]
+            # Start-up opens the checkpoint store: on S3 that needs the credentials above.
             settings_accept(env, f"{obj['kind']}/{obj['metadata']['name']}/{c['name']}")
 
 
