@@ -54,6 +54,11 @@ CHECKPOINT_DURATION = Histogram(
 CHECKPOINT_FAILURES = Counter(
     "streamfit_checkpoint_failures", "Checkpoint writes that failed (offsets not committed)"
 )
+REGISTRY_FAILURES = Counter(
+    "streamfit_registry_failures",
+    "Exports whose registration in the MLflow model registry failed (the next export is "
+    "registered as usual)",
+)
 TRAIN_BATCH_DURATION = Histogram(
     "streamfit_train_batch_duration_seconds",
     "Time to test-then-train one mini-batch",

@@ -112,6 +112,18 @@ class PrequentialWindow:
             self._correct -= old_correct
             self._loss -= old_loss
 
+    @classmethod
+    def of_checkpoint(cls, state: dict[str, Any]) -> PrequentialWindow:
+        """The window a checkpoint state recorded, with the task it recorded (binary for
+        checkpoints older than tasks).
+
+        >>> PrequentialWindow.of_checkpoint({"prequential": [[4, 3, 2.0]]}).metrics()
+        {'accuracy': 0.75, 'loss': 0.5}
+        """
+        window = cls(task=Task.from_state((state.get("model") or {}).get("task")))
+        window.restore(state.get("prequential", []))
+        return window
+
     @property
     def count(self) -> int:
         return self._count

@@ -83,6 +83,8 @@ class Settings(BaseSettings):
     # a successor takes over after seeing it unrenewed this long (at once after a graceful
     # stop, or a restart on the same host).
     lease_ttl_s: float = Field(30.0, gt=0)
+    export_dir: str | None = None
+    mlflow_tracking_uri: str | None = Field(None, min_length=1, repr=False)
     model_name: str = Field("susy", min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
     model: str = Field("mlp", min_length=1)
     model_arch: Literal["mlp", "linear"] = "mlp"
@@ -142,6 +144,14 @@ class Settings(BaseSettings):
             open_storage(self.checkpoint_dir, self.storage_options)
         except StorageConfigError as exc:
             raise ValueError(f"STREAMFIT_CHECKPOINT_DIR={self.checkpoint_dir}: {exc}") from None
+        return self
+
+    @model_validator(mode="after")
+    def _registry_has_what_it_registers(self) -> Settings:
+        if self.mlflow_tracking_uri is not None:
+            from service.registry import check_registry_settings
+
+            check_registry_settings(self.mlflow_tracking_uri, self.export_dir)
         return self
 
     @model_validator(mode="after")

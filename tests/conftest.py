@@ -1,4 +1,5 @@
-"""Fixtures: a real Kafka-protocol broker, a stand-in schema registry, unique topics, services."""
+"""Fixtures: a real Kafka-protocol broker, a stand-in schema registry, unique topics, services,
+an S3-protocol server and an MLflow tracking server."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 
 from service.broker import EmbeddedBroker, free_port
 from service.settings import unknown_setting_names
+from tests.mlflow_server import MlflowServer
 from tests.s3_server import S3Server
 from tests.schema_registry import StandInSchemaRegistry
 from tests.support import ServiceProcess
@@ -88,3 +90,12 @@ def s3(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
     for name, value in s3_server.env.items():
         monkeypatch.setenv(name, value)
     return s3_server
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    """A real MLflow tracking server (SQLite store, local artifact root) for the whole session;
+    tests use their own registered model names."""
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow")).start()
+    yield server
+    server.stop()

@@ -8,7 +8,6 @@ from typing import Any
 
 from service import metrics
 from service.checkpoints import Checkpoint, CheckpointStore
-from service.model.task import Task
 from service.online_stats import PrequentialWindow
 from service.serving.snapshot import SnapshotError, SnapshotHolder, snapshot_from_checkpoint
 from service.storage import StorageUnavailable
@@ -88,10 +87,7 @@ class CheckpointFollower:
         """The task's windowed metrics as recorded in the served checkpoint."""
         if self.checkpoint is None:
             return PrequentialWindow().metrics()
-        state = self.checkpoint.state
-        window = PrequentialWindow(task=Task.from_state((state.get("model") or {}).get("task")))
-        window.restore(state.get("prequential", []))
-        return window.metrics()
+        return PrequentialWindow.of_checkpoint(self.checkpoint.state).metrics()
 
     def history(self) -> dict[str, Any]:
         if self.checkpoint is not None:
