@@ -388,6 +388,9 @@ def add_batch_commands(commands: Any) -> None:
             "standardize",
             "learning_rate",
             "seed",
+            "export_dir",
+            "export_keep",
+            "model_name",
         ),
     )
     fit_parser.set_defaults(func=cmd_fit)

@@ -111,3 +111,14 @@ RECORDS_LOST = Counter(
     "Records deleted by retention before the model learned them",
     ["topic", "partition"],
 )
+EXPORT_VERSION = Gauge(
+    "streamfit_export_version", "Version of the newest model exported as a SavedModel (EXPORT_DIR)"
+)
+EXPORT_DURATION = Histogram(
+    "streamfit_export_duration_seconds",
+    "Time to export one checkpoint as a SavedModel and make it visible",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+EXPORT_FAILURES = Counter(
+    "streamfit_export_failures", "Exports that failed (training and checkpoints go on)"
+)

@@ -1,7 +1,8 @@
 """Runtime: what one service process runs by its role, and the objects the routes read.
 
-Role `all` and `trainer` run a `Trainer`; `predictor` runs a `CheckpointFollower`. Either is
-the data plane's model source. The event-loop watch runs in every role.
+Role `all` and `trainer` run a `Trainer` (and, with EXPORT_DIR, an `Exporter` fed by its
+checkpoints); `predictor` runs a `CheckpointFollower`. Either is the data plane's model source.
+The event-loop watch runs in every role.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import time
 
 from service import metrics
 from service.checkpoints import store_for
+from service.export import Exporter, exporter_for
 from service.feedback import PendingPredictions
 from service.loopwatch import LoopWatch
 from service.model.inputs import declared_inputs
@@ -54,6 +56,7 @@ class Runtime:
             pending=pending,
         )
         self.trainer: Trainer | None = None
+        self.exporter: Exporter | None = None
         self.follower: CheckpointFollower | None = None
 
     async def start(self) -> None:
@@ -68,6 +71,9 @@ class Runtime:
                 await self.follower.start()
             else:
                 self.trainer = Trainer(s, self.snapshots, self.dataplane.pending)
+                self.exporter = exporter_for(s)
+                if self.exporter is not None:
+                    self.trainer.checkpointer.export_with(self.exporter)
                 self.dataplane.source = self.trainer
                 await self.trainer.start()
         except Exception as exc:
@@ -84,5 +90,7 @@ class Runtime:
         await self.loopwatch.stop()
         if self.trainer is not None:
             await self.trainer.stop()
+        if self.exporter is not None:  # after the trainer's last checkpoint: export it too
+            await asyncio.to_thread(self.exporter.close)
         if self.follower is not None:
             await self.follower.stop()

@@ -83,7 +83,8 @@ class Settings(BaseSettings):
     # a successor takes over after seeing it unrenewed this long (at once after a graceful
     # stop, or a restart on the same host).
     lease_ttl_s: float = Field(30.0, gt=0)
-    export_dir: str | None = None
+    export_dir: str | None = Field(None, min_length=1)
+    export_keep: int = Field(5, ge=1)
     mlflow_tracking_uri: str | None = Field(None, min_length=1, repr=False)
     model_name: str = Field("susy", min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
     model: str = Field("mlp", min_length=1)
@@ -130,20 +131,26 @@ class Settings(BaseSettings):
             return tuple(key.strip() for key in value.split(",") if key.strip())
         return value
 
-    @field_validator("checkpoint_dir", mode="before")
+    @field_validator("checkpoint_dir", "export_dir", mode="before")
     @classmethod
     def _location(cls, value: object) -> object:
         """A path object as text (URLs such as s3://bucket/prefix stay as they are)."""
         return str(value) if isinstance(value, Path) else value
 
     @model_validator(mode="after")
-    def _checkpoint_location_opens(self) -> Settings:
+    def _locations_open(self) -> Settings:
+        """CHECKPOINT_DIR and EXPORT_DIR name stores that can be opened (a known scheme, its
+        driver installed, credentials found)."""
         from service.storage import StorageConfigError, open_storage
 
-        try:
-            open_storage(self.checkpoint_dir, self.storage_options)
-        except StorageConfigError as exc:
-            raise ValueError(f"STREAMFIT_CHECKPOINT_DIR={self.checkpoint_dir}: {exc}") from None
+        locations = {"CHECKPOINT_DIR": self.checkpoint_dir, "EXPORT_DIR": self.export_dir}
+        for name, location in locations.items():
+            if location is None:
+                continue
+            try:
+                open_storage(location, self.storage_options)
+            except StorageConfigError as exc:
+                raise ValueError(f"STREAMFIT_{name}={location}: {exc}") from None
         return self
 
     @model_validator(mode="after")

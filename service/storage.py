@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -74,11 +75,7 @@ class LocalStorage:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        fd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync(self.directory)
 
     def names(self) -> list[str]:
         if not self.directory.is_dir():
@@ -89,8 +86,9 @@ class LocalStorage:
         (self.directory / name).unlink(missing_ok=True)
 
     def remove_orphans(self) -> list[str]:
-        """Delete temporary files of writers that died mid-write (kill -9 before the rename);
-        a live writer's own are left alone (its pid is in the name)."""
+        """Delete temporary files (and staged export directories) of writers that died
+        mid-write (kill -9 before the rename); a live writer's own are left alone (its pid is
+        in the name)."""
         removed: list[str] = []
         if not self.directory.is_dir():
             return removed
@@ -98,7 +96,10 @@ class LocalStorage:
             match = TEMP_PATTERN.match(path.name)
             if match is None or process_alive(int(match.group(1))):
                 continue
-            path.unlink(missing_ok=True)
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
             removed.append(path.name)
         return removed
 
@@ -138,6 +139,17 @@ class ObjectStorage:
             raise _unavailable(exc) from exc
         return [str(path).rstrip("/").rsplit("/", 1)[-1] for path in found]
 
+    def tree(self, prefix: str) -> list[str]:
+        """Names of every object under `prefix`, however deep (an exported model version)."""
+        try:
+            self.fs.invalidate_cache(self.root)
+            found = self.fs.find(self._path(prefix))
+        except FileNotFoundError:
+            return []
+        except Exception as exc:  # the driver's own errors too (botocore, aiohttp)
+            raise _unavailable(exc) from exc
+        return [str(path).removeprefix(f"{self.root}/") for path in found]
+
     def delete(self, name: str) -> None:
         try:
             self.fs.rm_file(self._path(name))
@@ -148,6 +160,15 @@ class ObjectStorage:
 
     def remove_orphans(self) -> list[str]:
         return []  # a PUT leaves nothing behind when its writer dies
+
+
+def fsync(path: Path) -> None:
+    """Flush a file, or a directory's entries (a rename into it), to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _unavailable(exc: BaseException) -> StorageUnavailable:

@@ -33,7 +33,7 @@ class KerasRunner:
         self._loaded: tuple[np.ndarray, ...] | None = None
         self._lock = threading.Lock()
         self._fn = tf.function(
-            lambda x: self.model(x, training=False), input_signature=[_signature(inputs, tf)]
+            lambda x: self.model(x, training=False), input_signature=[input_signature(inputs)]
         )
 
     def run(self, weights: tuple[np.ndarray, ...], x: Batch) -> np.ndarray:
@@ -45,7 +45,11 @@ class KerasRunner:
             return np.asarray(self._fn(x))
 
 
-def _signature(inputs: InputSpec, tf: Any) -> Any:
+def input_signature(inputs: InputSpec) -> Any:
+    """The batch's form as TensorSpecs: one float32 [None, F] matrix, or per named input its
+    column ([None] or [None, 1], float32 or string), as the model takes it."""
+    from service.training.tf_runtime import tf
+
     if not inputs.named:
         return tf.TensorSpec([None, inputs.width], tf.float32)
     ranks = inputs.ranks or (2,) * inputs.width

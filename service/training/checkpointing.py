@@ -11,7 +11,8 @@
    prefix → LeaseLost, training stops), then write checkpoint N+1 atomically (temporary file,
    fsync, rename; one PUT on an object store); if that fails, stop here: nothing is
    committed, and the error shows in `/readyz`;
-5. serve the model as version N+1;
+5. serve the model as version N+1, and hand the checkpoint to the exporter (EXPORT_DIR), which
+   writes it on its own thread;
 6. commit the positions for the consumer group. A commit that fails is kept and retried
    (`retry_commit_if_due`) until it goes through; the checkpoint is the truth meanwhile.
 
@@ -34,6 +35,7 @@ from aiokafka.errors import KafkaError
 from service import metrics
 from service.checkpoints import Checkpoint, CheckpointError, CheckpointStore, offset_key
 from service.errors import VersionNotFound
+from service.export import Exporter
 from service.kafka.commits import commit_offsets
 from service.serving.snapshot import SnapshotHolder
 from service.training.learner_thread import LearnerThread
@@ -75,6 +77,7 @@ class Checkpointer:
         self._rolled_back_to: int | None = None
         self._lock = asyncio.Lock()
         self._io_thread = ThreadPoolExecutor(1, thread_name_prefix="streamfit-checkpoint")
+        self._exporter: Exporter | None = None
 
     # -- start -------------------------------------------------------------------------------
 
@@ -91,6 +94,10 @@ class Checkpointer:
             metrics.CHECKPOINT_TIMESTAMP.set(checkpoint.created_at)
         self.version = max(self.version, self.store.newest_version())
         return checkpoint
+
+    def export_with(self, exporter: Exporter) -> None:
+        """Hand every checkpoint written from now on to `exporter` (it returns at once)."""
+        self._exporter = exporter
 
     def info(self) -> dict[str, Any] | None:
         """What `/model` shows of the newest checkpoint."""
@@ -153,6 +160,8 @@ class Checkpointer:
             self.version, self.newest = version, checkpoint
             self.snapshots.set_version(version)
             metrics.MODEL_VERSION.set(version)
+            if self._exporter is not None:
+                self._exporter.submit(checkpoint)
             log.info(
                 "checkpoint written",
                 extra={"version": version, "samples_trained": state["samples_trained"]},

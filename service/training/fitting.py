@@ -7,7 +7,7 @@ SPEC.md "The embedded broker"). It then trains a `Learner` on that data for `epo
 shuffled per epoch, and writes a checkpoint whose offsets are those ends; then it commits the
 same offsets for the service's consumer group. `streamfit serve` with the same checkpoint
 directory restores it and seeks there, so online learning continues with the first record the
-fit did not see (warm start).
+fit did not see (warm start). With `EXPORT_DIR`, the checkpoint is also exported for TF Serving.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from service.checkpoints import (
     store_for,
 )
 from service.codec import Codec
+from service.export import exporter_for
 from service.kafka.clients import new_consumer
 from service.kafka.commits import commit_offsets
 from service.kafka.reading import BoundedRead, ReadStalled
@@ -127,6 +128,7 @@ class FitReport:
     offsets: dict[str, int]
     path: Path | str
     committed_group: str | None
+    exported: str | None = None  # the SavedModel's version directory (EXPORT_DIR)
 
 
 def train_epochs(
@@ -242,6 +244,8 @@ def _fit(
     lease.check()
     path = store.save(checkpoint)
     log.info("checkpoint written", extra={"version": version, "offsets": offsets})
+    exporter = exporter_for(settings)
+    exported = exporter.export_quietly(checkpoint) if exporter is not None else None
     committed = asyncio.run(
         commit_group_offsets(settings.kafka_client_options(), settings.group_id, data.end_offsets)
     )
@@ -259,6 +263,7 @@ def _fit(
         offsets=offsets,
         path=path,
         committed_group=settings.group_id if committed else None,
+        exported=exported,
     )
 
 
@@ -310,4 +315,6 @@ def format_fit_report(report: FitReport) -> str:
     ]
     if report.committed_group:
         lines.append(f"offsets committed for consumer group {report.committed_group}")
+    if report.exported:
+        lines.append(f"exported for TF Serving: {report.exported}")
     return "\n".join(lines)

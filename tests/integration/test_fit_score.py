@@ -210,7 +210,7 @@ def test_fit_checkpoints_at_topic_end_and_serve_continues_from_there(
 @pytest.mark.usefixtures("without_test_switches")
 def test_fit_resumes_from_the_newest_checkpoint_unless_fresh(fitted, tmp_path: Path):
     from service.settings import load_settings
-    from service.training.fitting import fit
+    from service.training.fitting import fit, format_fit_report
 
     directory = tmp_path / "checkpoints"
     shutil.copytree(fitted.checkpoints, directory)
@@ -218,10 +218,13 @@ def test_fit_resumes_from_the_newest_checkpoint_unless_fresh(fitted, tmp_path: P
         kafka_bootstrap=fitted.env["STREAMFIT_KAFKA_BOOTSTRAP"],
         checkpoint_dir=directory,
         group_id=unique("serve"),
+        export_dir=tmp_path / "exports",
     )
 
     resumed = fit(settings, fitted.topic, epochs=1, progress=False)
     assert (resumed.resumed_from, resumed.version) == (1, 2)
+    assert resumed.exported == str(tmp_path / "exports" / "susy" / "2")
+    assert "exported for TF Serving" in format_fit_report(resumed)
     assert resumed.records >= TRAIN_ROWS  # another test may have added records since
     assert resumed.samples_trained == 2 * TRAIN_ROWS + resumed.records
 
@@ -229,6 +232,7 @@ def test_fit_resumes_from_the_newest_checkpoint_unless_fresh(fitted, tmp_path: P
     assert (fresh.resumed_from, fresh.version) == (None, 3)
     assert fresh.samples_trained == fresh.records == resumed.records
     assert fresh.offsets == resumed.offsets
+    assert sorted(os.listdir(tmp_path / "exports" / "susy")) == ["2", "3"]
 
 
 def test_rowwise_forward_pass_matches_serving_and_ignores_batch_neighbours(fitted):

@@ -5,6 +5,8 @@ A real Learner on its worker thread, real checkpoint files."""
 from __future__ import annotations
 
 import asyncio
+import os
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,6 +16,7 @@ from aiokafka import TopicPartition
 
 from service.checkpoints import CheckpointStore
 from service.codec import Codec
+from service.export import Exporter, target_for
 from service.serving.snapshot import SnapshotHolder
 from service.settings import Settings
 from service.synthetic import synthetic_susy
@@ -149,3 +152,36 @@ def test_rollback_serves_the_old_model_as_a_new_version(parts: Parts) -> None:
             await parts.checkpointer.rollback(99)
 
     asyncio.run(scenario())
+
+
+def test_each_checkpoint_is_handed_to_the_exporter_without_waiting_for_it(
+    parts: Parts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    exporter = Exporter(target_for(str(tmp_path / "exports" / "susy")))
+    parts.checkpointer.export_with(exporter)
+    writing, release = threading.Event(), threading.Event()
+    real_write = exporter._writer.write
+
+    def held_write(checkpoint, directory: Path) -> None:
+        writing.set()
+        assert release.wait(60)
+        real_write(checkpoint, directory)
+
+    monkeypatch.setattr(exporter._writer, "write", held_write)
+
+    async def scenario() -> None:
+        parts.checkpointer.restore()
+        await parts.learner.start(None, 0)
+        await parts.feed(0, 256)
+        first = await parts.checkpointer.checkpoint()  # returns while its export waits
+        assert await asyncio.to_thread(writing.wait, 30)
+        await parts.feed(256, 64)
+        second = await parts.checkpointer.checkpoint()
+        assert first is not None and second is not None and second.version == 2
+
+    asyncio.run(scenario())
+    exports = tmp_path / "exports" / "susy"
+    assert not [name for name in os.listdir(exports) if name.isdigit()], "none exported yet"
+    release.set()
+    exporter.close()
+    assert sorted(os.listdir(exports)) == ["1", "2"]

@@ -52,6 +52,7 @@ def test_defaults_are_the_spec_values(clean_env: pytest.MonkeyPatch) -> None:
         assert getattr(settings, name) == value, name
     assert settings.dlq_topic is None
     assert settings.dead_letter_topic == "susy-train.dlq"
+    assert settings.export_dir is None and settings.export_keep == 5  # no exports unless asked
     assert settings.kafka_client_options() == {
         "bootstrap_servers": "127.0.0.1:9092",
         "security_protocol": "PLAINTEXT",
@@ -114,6 +115,8 @@ BAD_SETTINGS = [
     ("STREAMFIT_STREAM_TIMEOUT_MS", "-2"),
     ("STREAMFIT_CHECKPOINT_KEEP", "0"),
     ("STREAMFIT_CHECKPOINT_INTERVAL_S", "0"),
+    ("STREAMFIT_EXPORT_KEEP", "0"),
+    ("STREAMFIT_EXPORT_DIR", "ftp://host/models"),  # no such store: stops start-up too
     ("STREAMFIT_TRAIN_TOPIC", "no spaces"),
     ("STREAMFIT_LOG_FORMAT", "yaml"),
 ]
