@@ -41,6 +41,7 @@ from typing import Any, Protocol
 from service import metrics
 from service.checkpoints import Checkpoint
 from service.model.inputs import InputSpec
+from service.registry import registry_for
 from service.serving.keras_forward import input_signature
 from service.serving.snapshot import ModelSnapshot, snapshot_from_checkpoint
 from service.storage import LocalStorage, ObjectStorage, fsync, open_storage
@@ -382,8 +383,14 @@ class Exporter:
 
 
 def exporter_for(settings: Any) -> Exporter | None:
-    """The exporter the settings ask for (`EXPORT_DIR`, `EXPORT_KEEP`, `MODEL_NAME`), or None."""
+    """The exporter the settings ask for (`EXPORT_DIR`, `EXPORT_KEEP`, `MODEL_NAME`), or None;
+    with `MLFLOW_TRACKING_URI`, each export is then registered in MLflow (`service.registry`)."""
     if not settings.export_dir:
         return None
     location = f"{settings.export_dir.rstrip('/')}/{settings.model_name}"
-    return Exporter(target_for(location, settings.storage_options), settings.export_keep)
+    registry = registry_for(settings)
+    return Exporter(
+        target_for(location, settings.storage_options),
+        settings.export_keep,
+        hooks=[registry] if registry is not None else (),
+    )

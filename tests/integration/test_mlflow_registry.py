@@ -235,3 +235,52 @@ def test_streamfit_serve_refuses_a_registry_without_exports(
     assert captured.out == ""
     (line,) = captured.err.strip().splitlines()
     assert "STREAMFIT_MLFLOW_TRACKING_URI" in line and "STREAMFIT_EXPORT_DIR" in line
+
+
+def test_a_trainer_exports_to_s3_and_registers_each_export(
+    mlflow_server: MlflowServer, s3: Any, service_factory: Any, broker: Any, topic: str
+) -> None:
+    """The whole path: checkpoints -> SavedModel exports in a bucket -> MLflow versions whose
+    source is each export, never more versions than exports."""
+    from tests.support import produce_synthetic, wait_for
+
+    name = a_model_name()
+    bucket = s3.bucket(f"b-{uuid.uuid4().hex[:10]}")
+    produce_synthetic(broker.bootstrap, topic, rows=1500, partitions=2, seed=21)
+    service = service_factory(
+        checkpoint_dir=f"{bucket}/checkpoints",
+        export_dir=f"{bucket}/exports",
+        mlflow_tracking_uri=mlflow_server.uri,
+        model_name=name,
+    )
+    service.env.update(s3.env)
+    service.start()
+    service.wait_trained(1500)
+    newest = wait_for(lambda: service.get("/model")["version"] or None, 30, what="a checkpoint")
+    wait_for(
+        lambda: any(
+            int(mv.version) and mv.source.endswith(f"/{newest}")
+            for mv in model_versions(mlflow_server.uri, name)
+        ),
+        90,
+        what=f"export {newest} registered",
+    )
+    versions = model_versions(mlflow_server.uri, name)
+    exported = {
+        key.split("/")[2]
+        for key in s3.keys(bucket.removeprefix("s3://"), f"exports/{name}/")
+        if key.endswith("/saved_model.pb")
+    }
+    sources = [mv.source for mv in versions]
+    assert sources == sorted(sources, key=lambda s: int(s.rsplit("/", 1)[1]))
+    assert all(s.startswith(f"{bucket}/exports/{name}/") for s in sources)
+    assert {s.rsplit("/", 1)[1] for s in sources} <= exported | {
+        s.rsplit("/", 1)[1]
+        for s in sources[:-5]  # retention may have removed old exports
+    }
+    newest_registered = int(sources[-1].rsplit("/", 1)[1])
+    assert newest_registered >= int(newest) and len(set(sources)) == len(sources)
+    assert len(versions) <= newest_registered  # one MLflow version per export at most
+    tags = versions[-1].tags
+    assert tags["streamfit.version"] == str(newest_registered)
+    assert int(tags["streamfit.samples_trained"]) > 0
