@@ -214,12 +214,26 @@ def open_storage(location: str | Path, options: dict[str, Any] | None = None) ->
     kwargs = dict(options or {})
     if protocol == "s3":
         _s3_options(kwargs)
+    if protocol == "gcs":
+        driver = _gcs_driver(driver, kwargs)
     try:
         filesystem = driver(**kwargs)
     except Exception as exc:  # drivers raise many kinds for bad options
         raise StorageConfigError(f"cannot open {text}: {type(exc).__name__}: {exc}") from None
     root = f"{parts.netloc}{parts.path}".rstrip("/")
     return ObjectStorage(text, filesystem, root)
+
+
+def _gcs_driver(driver: Any, kwargs: dict[str, Any]) -> Any:
+    """gcsfs's default class first asks the Storage Control gRPC API for a bucket's layout
+    (zonal, hierarchical), retrying for a minute on every call where that API is absent. A GCS
+    emulator (an endpoint of its own: `endpoint_url` or STORAGE_EMULATOR_HOST) speaks only the
+    JSON API, which gcsfs's plain class uses."""
+    if kwargs.get("endpoint_url") or os.environ.get("STORAGE_EMULATOR_HOST"):
+        from gcsfs.core import GCSFileSystem
+
+        return GCSFileSystem
+    return driver
 
 
 def _s3_options(kwargs: dict[str, Any]) -> None:

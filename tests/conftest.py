@@ -3,6 +3,7 @@ an S3-protocol server and an MLflow tracking server."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -12,10 +13,13 @@ import pytest
 
 from service.broker import EmbeddedBroker, free_port
 from service.settings import unknown_setting_names
+from tests.azurite import AZURITE_INSTALL, Azurite, azurite_binary
+from tests.gcs_emulator import GCS_INSTALL, GcsEmulator
 from tests.mlflow_server import MlflowServer
 from tests.s3_server import S3Server
 from tests.schema_registry import StandInSchemaRegistry
 from tests.support import ServiceProcess
+from tests.tools import missing_tool
 
 
 @pytest.fixture(scope="session")
@@ -97,5 +101,42 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowSe
     """A real MLflow tracking server (SQLite store, local artifact root) for the whole session;
     tests use their own registered model names."""
     server = MlflowServer(tmp_path_factory.mktemp("mlflow")).start()
+    yield server
+    server.stop()
+
+
+def require_packages(*names: str, install: str) -> None:
+    """`missing_tool` (a skip, a failure in CI) unless every Python package in `names` imports."""
+    absent = [name for name in names if importlib.util.find_spec(name) is None]
+    if absent:
+        missing_tool(f"{', '.join(absent)} not installed ({install})")
+
+
+@pytest.fixture(scope="session")
+def gcs() -> Iterator[GcsEmulator]:
+    """A real GCS-protocol server (gcp-storage-emulator, in memory) for the whole session."""
+    require_packages("gcsfs", "gcp_storage_emulator", install=GCS_INSTALL)
+    import gcsfs
+    import gcsfs.core
+
+    if gcsfs.GCSFileSystem is not gcsfs.core.GCSFileSystem:
+        pytest.fail(
+            "gcsfs was imported before tests.gcs_emulator set GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"
+            "=false: its gRPC bucket-layout lookups would stall every call to the emulator",
+            pytrace=False,
+        )
+    server = GcsEmulator().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
+    """A real Azure Blob server (Azurite, in memory) for the whole session."""
+    require_packages("adlfs", install="pip install -e '.[test]' brings adlfs")
+    binary = azurite_binary()
+    if binary is None:
+        missing_tool(f"azurite not installed ({AZURITE_INSTALL})")
+    server = Azurite(binary, tmp_path_factory.mktemp("azurite") / "azurite.log").start()
     yield server
     server.stop()

@@ -83,7 +83,6 @@ def test_a_directory_copied_to_a_bucket_is_the_same_store(s3: S3Server, tmp_path
     ("location", "env", "message"),
     [
         ("ftp://host/x", {}, "unknown scheme ftp://"),
-        ("gs://bucket/x", {}, "needs the gcsfs package"),
         ("s3:///x", {}, "names no bucket"),
         ("s3://bucket/x", {"AWS_ACCESS_KEY_ID": None}, "no AWS credentials"),
     ],
@@ -106,6 +105,24 @@ def test_a_checkpoint_location_that_cannot_work_is_one_line(
         load_settings(checkpoint_dir=location)
     text = str(caught.value)
     assert "STREAMFIT_CHECKPOINT_DIR" in text and message in text and "\n" not in text
+
+
+@pytest.mark.usefixtures("without_test_switches")
+@pytest.mark.parametrize(
+    ("location", "package", "protocol"),
+    [("gs://bucket/x", "gcsfs", "gcs"), ("az://container/x", "adlfs", "az")],
+)
+def test_a_scheme_whose_driver_is_not_installed_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, location: str, package: str, protocol: str
+) -> None:
+    from fsspec.registry import _registry
+
+    monkeypatch.setitem(sys.modules, package, None)  # as if not installed (the tests install it)
+    monkeypatch.delitem(_registry, protocol, raising=False)
+    with pytest.raises(SettingsError) as caught:
+        load_settings(checkpoint_dir=location)
+    text = str(caught.value)
+    assert f"needs the {package} package (pip install {package})" in text and "\n" not in text
 
 
 def test_serve_refuses_an_s3_url_without_credentials_in_one_line(tmp_path: Path) -> None:
