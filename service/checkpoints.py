@@ -182,16 +182,17 @@ class CheckpointStore:
             pass
         return {"checkpoints": []}
 
-    def save(self, checkpoint: Checkpoint) -> Path | str:
-        """Write a checkpoint (whole), then the manifest; apply retention. Where it is."""
+    def save(self, checkpoint: Checkpoint, serving: dict[str, Any] | None = None) -> Path | str:
+        """Write a checkpoint (whole), then the manifest (with `serving`, the serve policy's
+        decision, when given); apply retention, which keeps the versions `serving` names.
+        Where it is."""
         for name in self.storage.remove_orphans():
             log.info("removed a temporary file of a dead writer", extra={"file": name})
         payload = _serialize(checkpoint)
         name = self.file_name(checkpoint.version)
         self.storage.write(name, payload)
-        entries = [
-            e for e in self.manifest()["checkpoints"] if e.get("version") != checkpoint.version
-        ]
+        manifest = self.manifest()
+        entries = [e for e in manifest["checkpoints"] if e.get("version") != checkpoint.version]
         entries.append(
             {
                 "version": checkpoint.version,
@@ -205,13 +206,34 @@ class CheckpointStore:
             }
         )
         entries.sort(key=lambda e: int(e["version"]))
-        retained = entries[-self.keep :]
-        self.storage.write(MANIFEST, json.dumps({"checkpoints": retained}, indent=1).encode())
+        serving = serving if serving is not None else manifest.get("serving")
+        protected = _named_versions(serving)
+        retained = [
+            e
+            for i, e in enumerate(entries)
+            if i >= len(entries) - self.keep or int(e["version"]) in protected
+        ]
+        self._write_manifest(retained, serving)
         keep_versions = {int(e["version"]) for e in retained}
         for version in self.versions():
             if version not in keep_versions and version < checkpoint.version:
                 self.storage.delete(self.file_name(version))
         return self.where(name)
+
+    def serving(self) -> dict[str, Any] | None:
+        """The serve policy's stored decision (`service.serving.policy`), if any."""
+        serving = self.manifest().get("serving")
+        return serving if isinstance(serving, dict) else None
+
+    def record_serving(self, serving: dict[str, Any]) -> None:
+        """Store a serve decision made between checkpoints (a pin, an unpin)."""
+        self._write_manifest(self.manifest()["checkpoints"], serving)
+
+    def _write_manifest(self, entries: list[dict[str, Any]], serving: Any) -> None:
+        manifest: dict[str, Any] = {"checkpoints": entries}
+        if serving is not None:
+            manifest["serving"] = serving
+        self.storage.write(MANIFEST, json.dumps(manifest, indent=1).encode())
 
     def load(self, version: int) -> Checkpoint:
         """Load one version, checking it against the manifest's checksum when listed."""
@@ -249,6 +271,13 @@ class CheckpointStore:
         """Highest version in the store (valid or not), 0 if none: new versions go above it."""
         versions = self.versions()
         return versions[-1] if versions else 0
+
+
+def _named_versions(serving: Any) -> set[int]:
+    """Versions a serve decision names (served, pinned): retention keeps them."""
+    if not isinstance(serving, dict):
+        return set()
+    return {int(v) for v in (serving.get("served_version"), serving.get("pinned")) if v is not None}
 
 
 def store_for(settings: Any) -> CheckpointStore:

@@ -13,6 +13,16 @@ DEAD_LETTER_FAILURES = Counter(
     "streamfit_dead_letter_failures", "Dead-letter writes that failed and will be retried"
 )
 MODEL_VERSION = Gauge("streamfit_model_version", "Version of the model being served")
+LATEST_MODEL_VERSION = Gauge(
+    "streamfit_latest_model_version", "Newest stored checkpoint version (served or not)"
+)
+SERVE_HELD_SECONDS = Gauge(
+    "streamfit_serve_held_seconds",
+    "Seconds since the oldest stored version the serve policy held back was stored (0: none)",
+)
+SERVE_HELD_VERSIONS = Gauge(
+    "streamfit_serve_held_versions", "Stored versions newer than the served one, held back"
+)
 PREQUENTIAL_ACCURACY = Gauge(
     "streamfit_prequential_accuracy", "Test-then-train accuracy over the recent window"
 )

@@ -124,6 +124,22 @@ class PrequentialWindow:
         window.restore(state.get("prequential", []))
         return window
 
+    def metrics_over_last(self, samples: int) -> tuple[dict[str, float | None], int]:
+        """The two metrics over the newest whole batches that hold at least `samples` samples
+        (all of the window if it holds fewer), and how many samples that was.
+
+        >>> w = PrequentialWindow()
+        >>> w.add_totals(100, 90, 10.0); w.add_totals(100, 50, 70.0)
+        >>> w.metrics_over_last(100)
+        ({'accuracy': 0.5, 'loss': 0.7}, 100)
+        """
+        n = correct = loss = 0.0
+        for size, first, second in reversed(self._batches):
+            if n >= samples:
+                break
+            n, correct, loss = n + size, correct + first, loss + second
+        return self.task.summary(int(n), correct, loss), int(n)
+
     @property
     def count(self) -> int:
         return self._count

@@ -103,6 +103,10 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = "json"
     unknown_settings: Literal["error", "warn"] = "error"
     predictor_reload_s: float = Field(2.0, gt=0)
+    # Which stored version answers predictions (service.serving.policy).
+    serve_policy: Literal["latest", "gated", "pinned"] = "latest"
+    gate_window: int = Field(2000, ge=1, le=10_000)
+    gate_tolerance: float = Field(0.02, ge=0)
     snapshot_interval_s: float = Field(0.05, ge=0)
     drift_policy: Literal["none", "alert", "reset_optimizer", "rollback"] = "alert"
     drift_threshold: float = Field(10.0, gt=0)

@@ -7,7 +7,7 @@ import logging
 from typing import Any
 
 from service import metrics
-from service.checkpoints import Checkpoint, CheckpointStore
+from service.checkpoints import Checkpoint, CheckpointError, CheckpointStore
 from service.online_stats import PrequentialWindow
 from service.serving.snapshot import SnapshotError, SnapshotHolder, snapshot_from_checkpoint
 from service.storage import StorageUnavailable
@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 
 class CheckpointFollower:
-    """Polls a checkpoint directory and publishes each newer valid checkpoint as a snapshot.
+    """Polls a checkpoint store and serves the version its serve decision names (or the newest).
 
     A `ModelSource` for the data plane: it answers what the served checkpoint recorded, and
     has no trainer, lag or drift of its own.
@@ -54,14 +54,33 @@ class CheckpointFollower:
             log.warning("checkpoint store unavailable", extra={"error": str(exc)})
 
     async def poll(self) -> bool:
-        """Load the newest checkpoint if it is newer than the served one; True if it was."""
+        """Load the version to serve if it is not the served one; True if it was loaded.
+
+        That is the version the trainer's serve policy names in the manifest, or, without a
+        stored decision (checkpoints written before serve policies), the newest valid one.
+        """
         current = self.checkpoint.version if self.checkpoint else 0
-        # Off the event loop: on an object store a listing is a network round trip.
-        if await asyncio.to_thread(self.store.newest_version) <= current:
-            return False
-        checkpoint = await asyncio.to_thread(self.store.latest)
-        if checkpoint is None or checkpoint.version <= current:
-            return False
+        # Off the event loop: on an object store each read is a network round trip.
+        serving = await asyncio.to_thread(self.store.serving)
+        named = serving.get("served_version") if serving else None
+        if named is not None:
+            if int(named) == current:
+                return False
+            try:
+                checkpoint = await asyncio.to_thread(self.store.load, int(named))
+            except CheckpointError as exc:
+                self.last_error = f"served version {named} cannot be loaded: {exc}"
+                log.error(
+                    "cannot load the served version", extra={"version": named, "error": str(exc)}
+                )
+                return False
+        else:
+            if await asyncio.to_thread(self.store.newest_version) <= current:
+                return False
+            latest = await asyncio.to_thread(self.store.latest)
+            if latest is None or latest.version <= current:
+                return False
+            checkpoint = latest
         try:
             snapshot = snapshot_from_checkpoint(checkpoint)
         except SnapshotError as exc:
@@ -72,7 +91,7 @@ class CheckpointFollower:
             return False
         self.checkpoint = checkpoint
         self.last_error = None
-        self.snapshots.publish(snapshot)
+        self.snapshots.serve(snapshot)
         metrics.MODEL_VERSION.set(checkpoint.version)
         metrics.CHECKPOINT_TIMESTAMP.set(checkpoint.created_at)
         log.info("loaded checkpoint", extra={"version": checkpoint.version})

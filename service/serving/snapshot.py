@@ -233,11 +233,21 @@ def snapshot_from_state(state: dict[str, Any], version: int) -> ModelSnapshot:
 
 
 class SnapshotHolder:
-    """The one reference to the served snapshot; replaced, never mutated."""
+    """The one reference to a snapshot; replaced, never mutated.
+
+    A trainer has two: the live one its learner publishes to, and the served one predictions
+    read, which follows the live one (serve policy `latest`) or holds a stored version
+    (`gated`, `pinned`, a pin).
+    """
 
     def __init__(self) -> None:
         self._snapshot: ModelSnapshot | None = None
+        self._follows: SnapshotHolder | None = None
         self._lock = threading.Lock()
+
+    def follow(self, other: SnapshotHolder) -> None:
+        """From now on, answer whatever `other` holds."""
+        self._follows = other
 
     def publish(self, snapshot: ModelSnapshot) -> None:
         """Serve `snapshot` from now on. The served version never goes back.
@@ -253,6 +263,13 @@ class SnapshotHolder:
                 snapshot = replace(snapshot, version=current.version)
             self._snapshot = snapshot
 
+    def serve(self, snapshot: ModelSnapshot) -> None:
+        """Serve exactly `snapshot`, whatever its version (a serve policy's choice: a pinned
+        or gated version may be older than the one served before)."""
+        with self._lock:
+            self._snapshot = snapshot
+            self._follows = None
+
     def set_version(self, version: int) -> None:
         """Serve the current model under `version` (a checkpoint now holds it)."""
         with self._lock:
@@ -262,10 +279,11 @@ class SnapshotHolder:
 
     @property
     def current(self) -> ModelSnapshot | None:
-        return self._snapshot
+        follows = self._follows
+        return follows.current if follows is not None else self._snapshot
 
     @property
     def version(self) -> int:
-        """The served version (0 before any model is served)."""
-        snapshot = self._snapshot
+        """The held version (0 before any model is held)."""
+        snapshot = self.current
         return 0 if snapshot is None else snapshot.version
