@@ -29,6 +29,7 @@ NAMES = (
     "recovery",
     "memory",
     "profile",
+    "export",
 )
 ROOT = machine.ROOT
 RESULTS = ROOT / "bench" / "results"
