@@ -22,6 +22,7 @@ from service.serving.batcher import MicroBatcher
 from service.serving.dataplane import DataPlane
 from service.serving.follower import CheckpointFollower
 from service.serving.snapshot import SnapshotHolder
+from service.serving.versions import StoredVersions
 from service.settings import Settings
 from service.training.trainer import Trainer
 
@@ -54,6 +55,7 @@ class Runtime:
             group_id=settings.group_id,
             topic=settings.train_topic,
             pending=pending,
+            versions=StoredVersions(store_for(settings)),
         )
         self.trainer: Trainer | None = None
         self.exporter: Exporter | None = None

@@ -1,7 +1,9 @@
-"""Admin routes: pause, resume, checkpoint, rollback and versions, behind a bearer key."""
+"""Admin routes: pause, resume, checkpoint, rollback, pin, unpin and versions, behind a bearer
+key; on a predictor (no trainer) they answer 409."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -52,11 +54,25 @@ class AdminEndpoints:
         written = await self.trainer().rollback(version)
         return {"rolled_back_to": version, "checkpoint": written.metadata() if written else None}
 
+    async def pin(self, version: int) -> dict[str, Any]:
+        """Serve stored `version` until unpinned (whatever the serve policy)."""
+        return await self.trainer().pin(version)
+
+    async def unpin(self) -> dict[str, Any]:
+        """Back to the serve policy."""
+        return await self.trainer().unpin()
+
     async def versions(self) -> dict[str, Any]:
-        """Retained checkpoint versions (from the manifest)."""
+        """Retained checkpoint versions (from the manifest) with their gate scores, and the
+        serve decision (served, pinned, held back and why)."""
         keys = ("version", "created_at", "samples_trained", "offsets")
+        manifest = await asyncio.to_thread(self.store.manifest)
         return {
-            "versions": [{k: e.get(k) for k in keys} for e in self.store.manifest()["checkpoints"]]
+            "versions": [
+                {**{k: e.get(k) for k in keys}, "gate": (e.get("extra") or {}).get("gate")}
+                for e in manifest["checkpoints"]
+            ],
+            "serving": manifest.get("serving"),
         }
 
 
@@ -67,4 +83,6 @@ def router(endpoints: AdminEndpoints) -> APIRouter:
     routes.add_api_route("/admin/checkpoint", endpoints.checkpoint, methods=["POST"])
     routes.add_api_route("/admin/rollback/{version}", endpoints.rollback, methods=["POST"])
     routes.add_api_route("/admin/versions", endpoints.versions, methods=["GET"])
+    routes.add_api_route("/admin/pin/{version}", endpoints.pin, methods=["POST"])
+    routes.add_api_route("/admin/unpin", endpoints.unpin, methods=["POST"])
     return routes

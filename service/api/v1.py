@@ -32,6 +32,16 @@ class V1Endpoints:
         # Serialized directly: FastAPI's generic encoder costs more than the model here.
         return Response(json.dumps(answer), media_type="application/json")
 
+    async def predict_version(self, name: str, version: int, body: PredictRequest) -> Response:
+        """TF Serving's version route: exactly the stored weights of `version`."""
+        answer = await self.dataplane.predict(name, body.instances, version=version)
+        return Response(json.dumps(answer), media_type="application/json")
+
+    async def predict_label(self, name: str, label: str, body: PredictRequest) -> Response:
+        """TF Serving's label route: `stable` (served), `latest`, `challenger`."""
+        answer = await self.dataplane.predict(name, body.instances, label=label)
+        return Response(json.dumps(answer), media_type="application/json")
+
     async def model_status(self, name: str) -> dict[str, Any]:
         """TF Serving model status."""
         return self.dataplane.model_status(name)
@@ -49,6 +59,19 @@ def router(endpoints: V1Endpoints, guard: PredictKeys) -> APIRouter:
         response_class=Response,
         tags=["predict"],
     )
+    for path, endpoint in (
+        ("/v1/models/{name}/versions/{version}:predict", endpoints.predict_version),
+        ("/v1/models/{name}/labels/{label}:predict", endpoints.predict_label),
+    ):
+        routes.add_api_route(
+            path,
+            endpoint,
+            methods=["POST"],
+            dependencies=[Depends(guard), Depends(require_json)],
+            responses={200: {"model": PredictResponse}},
+            response_class=Response,
+            tags=["predict"],
+        )
     routes.add_api_route(
         "/v1/models/{name}", endpoints.model_status, methods=["GET"], tags=["model"]
     )

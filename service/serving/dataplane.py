@@ -19,6 +19,7 @@ from service.feedback import PendingPredictions
 from service.model.inputs import Batch, batch_rows
 from service.serving.batcher import MicroBatcher
 from service.serving.snapshot import ModelSnapshot, SnapshotHolder
+from service.serving.versions import StoredVersions
 
 
 class ModelSource(Protocol):
@@ -32,6 +33,8 @@ class ModelSource(Protocol):
     def drift_summary(self) -> dict[str, Any] | None: ...
     def lag_rows(self) -> list[dict[str, Any]]: ...
     def lag_status(self) -> str | None: ...
+    def serving_info(self) -> dict[str, Any] | None: ...
+    def latest_snapshot(self) -> ModelSnapshot | None: ...
 
 
 class DataPlane:
@@ -46,8 +49,10 @@ class DataPlane:
         group_id: str | None = None,
         topic: str | None = None,
         pending: PendingPredictions | None = None,
+        versions: StoredVersions | None = None,
     ) -> None:
         self.model_name = model_name
+        self.versions = versions
         self.snapshots = snapshots
         self.batcher = batcher
         self.role = role
@@ -92,17 +97,55 @@ class DataPlane:
         except ValueError as exc:
             raise InvalidInput(str(exc)) from None
 
-    async def predict(
-        self, name: str, instances: list[Any], request_id: str | None = None
-    ) -> dict[str, Any]:
-        """TF Serving / KServe v1: one prediction per instance, and the model version.
+    async def chosen(
+        self, name: str, version: int | None = None, label: str | None = None
+    ) -> ModelSnapshot | None:
+        """The snapshot a version or label route names (None: the served one, batched).
 
-        With delayed labels on, the rows are kept under `request_id` for the label to join.
+        Labels: `stable` is the served version, `latest` the newest model (the trainer's live
+        one, fresher than its checkpoint; a predictor's newest stored version), `challenger`
+        the challenger model when one learns beside the champion.
         """
+        self.snapshot(name)  # the name exists and something is served
+        if version is not None:
+            return await self._stored().get(version)
+        if label is None or label == "stable":
+            return None
+        if label == "latest":
+            live = self.source.latest_snapshot() if self.source else None
+            return live if live is not None else await self._stored().newest()
+        if label == "challenger":
+            raise ModelNotFound("no challenger model (STREAMFIT_CHALLENGER_MODEL is not set)")
+        raise ModelNotFound(f"unknown label {label!r}: stable, latest or challenger")
+
+    def _stored(self) -> StoredVersions:
+        if self.versions is None:
+            raise ModelNotFound("no stored versions")
+        return self.versions
+
+    async def predict(
+        self,
+        name: str,
+        instances: list[Any],
+        request_id: str | None = None,
+        version: int | None = None,
+        label: str | None = None,
+    ) -> dict[str, Any]:
+        """TF Serving / KServe v1: one prediction per instance, and the model version; from
+        the served model, or the stored `version`, or the model a `label` names.
+
+        With delayed labels on, rows predicted by the served model are kept under
+        `request_id` for the label to join.
+        """
+        chosen = await self.chosen(name, version, label)
+        if chosen is not None:
+            x = self.features(instances, chosen)
+            outputs = chosen.predict(x)
+            return {"predictions": outputs.tolist(), "model_version": chosen.version}
         snapshot = self.snapshot(name)
         x = self.features(instances, snapshot)
-        predictions, version = await self.batcher.predict(x)
-        answer: dict[str, Any] = {"predictions": predictions.tolist(), "model_version": version}
+        predictions, served = await self.batcher.predict(x)
+        answer: dict[str, Any] = {"predictions": predictions.tolist(), "model_version": served}
         if self.pending is not None and isinstance(x, np.ndarray):
             self.pending.remember(request_id or "", x)
             answer["request_id"] = request_id or ""
@@ -232,9 +275,14 @@ class DataPlane:
         """The served model: version, samples learned, newest checkpoint, prequential metrics."""
         snapshot = self.snapshots.current
         source = self.source
+        serving = source.serving_info() if source else None
         return {
             "name": self.model_name,
             "version": snapshot.version if snapshot else None,
+            "served_version": snapshot.version if snapshot else None,
+            "latest_version": serving.get("latest_version") if serving else None,
+            "latest_samples_trained": serving.get("latest_samples_trained") if serving else None,
+            "serving": serving,
             "samples_trained": snapshot.samples_trained if snapshot else 0,
             "batches_trained": snapshot.batches_trained if snapshot else 0,
             "updated_at": snapshot.updated_at if snapshot else None,

@@ -9,7 +9,12 @@ from typing import Any
 from service import metrics
 from service.checkpoints import Checkpoint, CheckpointError, CheckpointStore
 from service.online_stats import PrequentialWindow
-from service.serving.snapshot import SnapshotError, SnapshotHolder, snapshot_from_checkpoint
+from service.serving.snapshot import (
+    ModelSnapshot,
+    SnapshotError,
+    SnapshotHolder,
+    snapshot_from_checkpoint,
+)
 from service.storage import StorageUnavailable
 from service.tasks import OwnedTask
 
@@ -31,6 +36,8 @@ class CheckpointFollower:
         self.interval_s = interval_s
         self.checkpoint: Checkpoint | None = None
         self.last_error: str | None = None
+        self.serving: dict[str, Any] | None = None  # the trainer's decision, as stored
+        self.latest_version: int | None = None
         self._task = OwnedTask("streamfit-follower", self._run)
 
     async def start(self) -> None:
@@ -63,7 +70,9 @@ class CheckpointFollower:
         # Off the event loop: on an object store each read is a network round trip.
         serving = await asyncio.to_thread(self.store.serving)
         named = serving.get("served_version") if serving else None
+        self.serving = serving
         if named is not None:
+            self.latest_version = await asyncio.to_thread(self.store.newest_version)
             if int(named) == current:
                 return False
             try:
@@ -120,6 +129,15 @@ class CheckpointFollower:
 
     def trainer_status(self) -> dict[str, Any] | None:
         return None
+
+    def serving_info(self) -> dict[str, Any] | None:
+        """The trainer's stored serve decision, and the newest stored version."""
+        if self.serving is None:
+            return None
+        return {**self.serving, "latest_version": self.latest_version}
+
+    def latest_snapshot(self) -> ModelSnapshot | None:
+        return None  # the newest stored version: the data plane loads it
 
     def drift_summary(self) -> dict[str, Any] | None:
         return None

@@ -11,8 +11,9 @@
    prefix → LeaseLost, training stops), then write checkpoint N+1 atomically (temporary file,
    fsync, rename; one PUT on an object store); if that fails, stop here: nothing is
    committed, and the error shows in `/readyz`;
-5. serve the model as version N+1, and hand the checkpoint to the exporter (EXPORT_DIR), which
-   writes it on its own thread;
+5. serve version N+1 if the serve policy decides so (`Promotion`: under `latest` always; the
+   decision was written into the manifest with the checkpoint), and hand a served version to
+   the exporter (EXPORT_DIR), which writes it on its own thread;
 6. commit the positions for the consumer group. A commit that fails is kept and retried
    (`retry_commit_if_due`) until it goes through; the checkpoint is the truth meanwhile.
 
@@ -37,10 +38,10 @@ from service.checkpoints import Checkpoint, CheckpointError, CheckpointStore, of
 from service.errors import VersionNotFound
 from service.export import Exporter
 from service.kafka.commits import commit_offsets
-from service.serving.snapshot import SnapshotHolder
 from service.training.learner_thread import LearnerThread
 from service.training.offsets import PartitionOffsets
 from service.training.pipeline import LearnPipeline
+from service.training.promotion import Promotion
 from service.training.status import TrainerStatus
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ class Checkpointer:
         offsets: PartitionOffsets,
         learner: LearnerThread,
         pipeline: LearnPipeline,
-        snapshots: SnapshotHolder,
+        promotion: Promotion,
         status: TrainerStatus,
         group_id: str,
         interval_s: float,
@@ -65,7 +66,7 @@ class Checkpointer:
         self.offsets = offsets
         self.learner = learner
         self.pipeline = pipeline
-        self.snapshots = snapshots
+        self.promotion = promotion
         self.status = status
         self.group_id = group_id
         self.interval_s = interval_s
@@ -141,13 +142,15 @@ class Checkpointer:
                 offsets={offset_key(tp.topic, tp.partition): o for tp, o in offsets.items()},
                 extra={"group_id": self.group_id, "rolled_back_to": self._rolled_back_to},
             )
+            serve = self.promotion.decide(checkpoint, explicit=self._rolled_back_to is not None)
             started = time.perf_counter()
             self._last_attempt = time.monotonic()
             try:
                 await asyncio.get_running_loop().run_in_executor(
-                    self._io_thread, self._save, checkpoint
+                    self._io_thread, self._save, checkpoint, self.promotion.serving()
                 )
             except OSError as exc:
+                self.promotion.undo()
                 self.offsets.not_checkpointed()
                 self.status.checkpoint_failed(exc)
                 metrics.CHECKPOINT_FAILURES.inc()
@@ -158,9 +161,8 @@ class Checkpointer:
             self.status.checkpoint_written()
             self._rolled_back_to = None
             self.version, self.newest = version, checkpoint
-            self.snapshots.set_version(version)
-            metrics.MODEL_VERSION.set(version)
-            if self._exporter is not None:
+            self.promotion.written(checkpoint, serve)
+            if serve and self._exporter is not None:  # only served versions are exported
                 self._exporter.submit(checkpoint)
             log.info(
                 "checkpoint written",
@@ -170,12 +172,31 @@ class Checkpointer:
             await self._commit(consumer, offsets)
         return checkpoint
 
-    def _save(self, checkpoint: Checkpoint) -> None:
+    def _save(self, checkpoint: Checkpoint, serving: dict[str, Any]) -> None:
         """On the I/O thread: the writer's fence first (a lease taken over raises LeaseLost
-        and nothing is written), then the checkpoint."""
+        and nothing is written), then the checkpoint and the serve decision with it."""
         if self._fence is not None:
             self._fence()
-        self.store.save(checkpoint)
+        self.store.save(checkpoint, serving)
+
+    # -- operators' serve decisions ------------------------------------------------------------
+
+    async def pin(self, version: int) -> dict[str, Any]:
+        """Serve stored `version` until unpinned (between checkpoints, behind the fence)."""
+        async with self._lock:
+            return await self._on_io_thread(self.promotion.pin, version)
+
+    async def unpin(self) -> dict[str, Any]:
+        async with self._lock:
+            return await self._on_io_thread(self.promotion.unpin)
+
+    async def _on_io_thread(self, fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+        def fenced() -> dict[str, Any]:
+            if self._fence is not None:
+                self._fence()
+            return fn(*args)
+
+        return await asyncio.get_running_loop().run_in_executor(self._io_thread, fenced)
 
     async def checkpoint_quietly(self, consumer: AIOKafkaConsumer | None) -> None:
         """A checkpoint on the way out (revoked partitions, a lost connection): log failures."""

@@ -1,10 +1,12 @@
 """Fencing: the trainer's hold on its checkpoint prefix, from start to stop (`service.lease`).
 
 Before anything is restored or consumed the trainer waits for the lease (a refused trainer
-is not ready and says why in `/readyz`); while it trains, a task renews the lease every third
-of its TTL; before each checkpoint the lease is checked on the checkpoint's I/O thread; a
-graceful stop releases it so a successor starts at once. Losing it ends training: the trainer
-leaves the group without another checkpoint or commit, and serves what it has.
+is not ready and says why in `/readyz`; a store that answers but refuses writes lets it start,
+and the lease is taken before the first checkpoint that can be written); while it trains,
+a task renews the lease every third of its TTL; before each checkpoint the lease is checked
+on the checkpoint's I/O thread; a graceful stop releases it so a successor starts at once.
+Losing it ends training: the trainer leaves the group without another checkpoint or commit,
+and serves what it has.
 """
 
 from __future__ import annotations
@@ -55,6 +57,13 @@ class LeaseKeeper:
                 log.warning(
                     "checkpoint store unavailable, lease retried", extra={"error": str(exc)}
                 )
+            except OSError as exc:  # it answers but refuses writes (read-only, permissions)
+                log.warning(
+                    "cannot write the lease; taken before the first checkpoint that can be written",
+                    extra={"error": str(exc)},
+                )
+                self._renewal.start()
+                return
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), timeout=min(self.interval_s, 2.0))
             if stopping.is_set():
@@ -68,12 +77,28 @@ class LeaseKeeper:
         self._renewal.start()
 
     def check(self) -> None:
-        """Before a checkpoint write (on its I/O thread): LeaseLost if taken over."""
+        """Before a checkpoint write (on its I/O thread): LeaseLost if taken over. A lease
+        that could not be written at start is taken now (an OSError if it still cannot be:
+        the checkpoint fails as its own write would; LeaseLost if another trainer has it)."""
         try:
+            self._take_if_pending()
             self.lease.check()
         except LeaseLost as exc:
             self.lost = exc
             raise
+
+    def _take_if_pending(self) -> None:
+        if self.lease.held:
+            return
+        try:
+            self.lease.acquire()
+        except LeaseHeld as exc:
+            raise LeaseLost(str(exc)) from None
+        metrics.CHECKPOINT_LEASE_HELD.set(1)
+        log.info(
+            "checkpoint prefix leased",
+            extra={"generation": self.lease.record.generation if self.lease.record else None},
+        )
 
     async def release(self) -> None:
         await self._renewal.stop()
@@ -85,8 +110,11 @@ class LeaseKeeper:
         while True:
             await asyncio.sleep(self.interval_s)
             try:
-                await asyncio.to_thread(self.lease.renew)
-            except StorageUnavailable as exc:  # the checkpoint's own retries show it too
+                if self.lease.held:
+                    await asyncio.to_thread(self.lease.renew)
+                else:
+                    await asyncio.to_thread(self._take_if_pending)
+            except OSError as exc:  # the checkpoint's own retries show it too
                 log.warning("lease not renewed", extra={"error": str(exc)})
             except LeaseLost as exc:
                 self.lost = exc

@@ -96,7 +96,6 @@ class LearnerThread:
         snapshot = snapshot_from_learner(self.learner, version)
         self._freeze_heap()  # before the first snapshot makes the service ready
         self.snapshots.publish(snapshot)
-        metrics.MODEL_VERSION.set(self.snapshots.version)
         self._update_metrics()
 
     def _learn(self, batch: DecodedBatch) -> None:

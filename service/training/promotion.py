@@ -139,6 +139,7 @@ class Promotion:
             "policy": self.policy.policy,
             "served_version": s.served_version,
             "latest_version": self.latest_version or None,
+            "latest_samples_trained": live.samples_trained if (live := self.live.current) else 0,
             "pinned": s.pinned,
             "served_score": asdict(s.served_score) if s.served_score else None,
             "held": s.held,

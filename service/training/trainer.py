@@ -33,7 +33,7 @@ from service.lease import Lease, LeaseLost
 from service.model.task import Task
 from service.online_stats import PrequentialWindow
 from service.schema_registry import RegistryUnavailable
-from service.serving.snapshot import SnapshotHolder
+from service.serving.snapshot import ModelSnapshot, SnapshotHolder
 from service.settings import Settings
 from service.storage import StorageUnavailable
 from service.training.checkpointing import Checkpointer
@@ -43,6 +43,7 @@ from service.training.lag_tracker import LagTracker
 from service.training.learner_thread import LearnerThread
 from service.training.offsets import PartitionOffsets
 from service.training.pipeline import Batches, LearnPipeline
+from service.training.promotion import Promotion
 from service.training.rebalance import Rebalance
 from service.training.status import TrainerStatus
 
@@ -100,7 +101,8 @@ class Trainer:
         self.status = TrainerStatus()
         self.offsets = PartitionOffsets()
         self.drift = DriftResponse(settings.drift_policy, settings.drift_threshold)
-        self.learner = LearnerThread(settings, snapshots, self.drift)
+        self.live = SnapshotHolder()  # what the learner publishes; `snapshots` is what is served
+        self.learner = LearnerThread(settings, self.live, self.drift)
         self.pipeline = LearnPipeline(
             None,  # the codec follows the model's inputs: built in `start`
             self.learner,
@@ -110,12 +112,13 @@ class Trainer:
         )
         store = store_for(settings)
         self.lease = LeaseKeeper(Lease(store.storage, settings.lease_ttl_s), self.status)
+        self.promotion = Promotion(settings, store, self.live, snapshots)
         self.checkpointer = Checkpointer(
             store,
             self.offsets,
             self.learner,
             self.pipeline,
-            snapshots,
+            self.promotion,
             self.status,
             settings.group_id,
             settings.checkpoint_interval_s,
@@ -138,6 +141,7 @@ class Trainer:
         await self.learner.start(
             checkpoint.state if checkpoint else None, self.checkpointer.version
         )
+        await asyncio.to_thread(self.promotion.restore, self.checkpointer.version)
         learner = self.learner.learner
         self.pipeline.codec = Codec.for_settings(self.settings, learner.inputs, learner.task)
         if checkpoint is not None:
@@ -429,6 +433,15 @@ class Trainer:
         except CheckpointError as exc:
             raise VersionUnusable(f"checkpoint version {version} is unusable: {exc}") from exc
 
+    async def pin(self, version: int) -> dict[str, Any]:
+        """Serve stored `version` until unpinned (VersionNotFound if not stored)."""
+        self._require_learner()
+        return await self.checkpointer.pin(version)
+
+    async def unpin(self) -> dict[str, Any]:
+        self._require_learner()
+        return await self.checkpointer.unpin()
+
     @property
     def _consumer(self) -> AIOKafkaConsumer | None:
         return self._session.consumer if self._session else None
@@ -450,6 +463,13 @@ class Trainer:
 
     def not_ready_reason(self) -> str:
         return self.status.last_error or "loading model"
+
+    def serving_info(self) -> dict[str, Any] | None:
+        return self.promotion.info()
+
+    def latest_snapshot(self) -> ModelSnapshot | None:
+        """The live model (label `latest`): fresher than its checkpoint."""
+        return self.live.current
 
     def trainer_status(self) -> dict[str, Any] | None:
         return self.status.as_dict()

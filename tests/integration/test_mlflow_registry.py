@@ -188,8 +188,11 @@ def test_registry_for_the_settings(tmp_path: Path) -> None:
     ],
 )
 def test_a_registry_setting_that_cannot_work_stops_with_one_line(
-    tracking_uri: str, export_dir: str | None, expected: str
+    tracking_uri: str, export_dir: str | None, expected: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Credentials for the s3:// exports, so only the registry setting is wrong.
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "any")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "any")
     with pytest.raises(SettingsError) as caught:
         load_settings(mlflow_tracking_uri=tracking_uri, export_dir=export_dir)
     message = str(caught.value)

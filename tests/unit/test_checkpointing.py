@@ -25,6 +25,7 @@ from service.training.drift_response import DriftResponse
 from service.training.learner_thread import LearnerThread
 from service.training.offsets import PartitionOffsets
 from service.training.pipeline import LearnPipeline
+from service.training.promotion import Promotion
 from service.training.status import TrainerStatus
 
 TP = TopicPartition("t", 0)
@@ -41,12 +42,14 @@ class Parts:
         self.learner = LearnerThread(settings, self.snapshots, DriftResponse("none", 10.0))
         self.pipeline = LearnPipeline(Codec(18), self.learner, self.offsets)
         self.store = CheckpointStore(directory)
+        self.served = SnapshotHolder()
+        self.served.follow(self.snapshots)
         self.checkpointer = Checkpointer(
             self.store,
             self.offsets,
             self.learner,
             self.pipeline,
-            self.snapshots,
+            Promotion(settings, self.store, self.snapshots, self.served),
             self.status,
             "g",
             interval_s=3600,
@@ -115,7 +118,7 @@ def test_a_failed_write_leaves_the_version_and_keeps_the_change_pending(
         await parts.learner.start(None, 0)
         await parts.feed(0, 64)
 
-        def disk_full(checkpoint) -> None:
+        def disk_full(checkpoint, serving=None) -> None:
             raise OSError(28, "No space left on device")
 
         monkeypatch.setattr(parts.store, "save", disk_full)
