@@ -129,6 +129,7 @@ class CheckpointFollower:
             return None
         return {
             "model": (challenger.get("model") or {}).get("spec"),
+            "samples_trained": int(challenger.get("samples_trained", 0)),
             "prequential": PrequentialWindow.of_checkpoint(challenger).metrics(),
         }
 

@@ -476,7 +476,11 @@ class Trainer:
         challenger = self.learner.challenger
         if challenger is None:
             return None
-        return {"model": challenger.plan.spec, "prequential": challenger.prequential.metrics()}
+        return {
+            "model": challenger.plan.spec,
+            "samples_trained": challenger.samples_trained,
+            "prequential": challenger.prequential.metrics(),
+        }
 
     def challenger_snapshot(self) -> ModelSnapshot | None:
         """The challenger's live model (label `challenger`); None without one."""
