@@ -53,9 +53,7 @@ def measure(rows: int, rounds: int) -> dict[str, Any]:
     promotions = 0
     for _ in range(rounds):
         rates["champion"].append(_rate(learner_for(settings.with_model(CHAMPION)).learn, x, y))
-        rates["challenger"].append(
-            _rate(learner_for(settings.with_model(CHALLENGER)).learn, x, y)
-        )
+        rates["challenger"].append(_rate(learner_for(settings.with_model(CHALLENGER)).learn, x, y))
         pair = pair_for(settings, None)
         rates["both"].append(_rate(pair.learn, x, y))
         promotions = pair.roles.promotions
