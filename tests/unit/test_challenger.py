@@ -162,3 +162,15 @@ def test_the_challenger_label_answers_with_a_challenger_and_404_without(tmp_path
     dataplane.role = "all"
     with pytest.raises(errors.ModelNotFound, match="CHALLENGER_MODEL is not set"):
         asyncio.run(dataplane.predict("susy", [[0.5] * 18], label="challenger"))
+
+
+def test_a_challenger_that_does_not_fit_stops_start_up_with_one_line(tmp_path: Path) -> None:
+    from service.model.startup import check_model
+    from service.settings import SettingsError
+
+    base = {"checkpoint_dir": str(tmp_path), "model": "linear"}
+    with pytest.raises(SettingsError, match=r"CHALLENGER_MODEL: nothing\.keras: no such file"):
+        check_model(Settings(**base, challenger_model="nothing.keras"))
+    with pytest.raises(SettingsError, match="CHALLENGER_MODEL: .*not mlp, linear"):
+        check_model(Settings(**base, challenger_model="no-colon"))
+    check_model(Settings(**base, challenger_model="mlp"))
