@@ -30,6 +30,7 @@ NAMES = (
     "memory",
     "profile",
     "export",
+    "challenger",
 )
 ROOT = machine.ROOT
 RESULTS = ROOT / "bench" / "results"

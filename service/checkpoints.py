@@ -33,6 +33,7 @@ from service.storage import (
 
 log = logging.getLogger(__name__)
 
+CHALLENGER_PREFIX = "challenger_"  # its arrays' names in the archive
 FILE_PATTERN = re.compile(r"^ckpt-(\d{10})\.npz$")
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -67,18 +68,14 @@ def parse_offset_key(key: str) -> tuple[str, int]:
     return topic, int(partition)
 
 
-def _serialize(checkpoint: Checkpoint) -> bytes:
-    state = dict(checkpoint.state)
+def _pack(state: dict[str, Any], prefix: str = "") -> tuple[dict[str, Any], dict[str, Any]]:
+    """A learner state as JSON metadata and named arrays (`prefix` names another learner's)."""
+    state = dict(state)
     weights = state.pop("weights")
     optimizer = state.pop("optimizer")
     model_state = state.pop("model_state", [])
     standardizer = state.pop("standardizer")
     meta = {
-        "format": FORMAT_VERSION,
-        "version": checkpoint.version,
-        "created_at": checkpoint.created_at,
-        "offsets": checkpoint.offsets,
-        "extra": checkpoint.extra,
         "state": state,
         "standardizer_count": int(standardizer["count"]),
         "num_weights": len(weights),
@@ -86,15 +83,46 @@ def _serialize(checkpoint: Checkpoint) -> bytes:
         "num_model_state": len(model_state),
     }
     arrays: dict[str, np.ndarray] = {
-        "meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
-        "standardizer_mean": standardizer["mean"],
-        "standardizer_m2": standardizer["m2"],
+        f"{prefix}standardizer_mean": standardizer["mean"],
+        f"{prefix}standardizer_m2": standardizer["m2"],
     }
-    arrays.update({f"w{i}": w for i, w in enumerate(weights)})
-    arrays.update({f"o{i}": v for i, v in enumerate(optimizer)})
-    arrays.update({f"m{i}": v for i, v in enumerate(model_state)})
+    arrays.update({f"{prefix}w{i}": w for i, w in enumerate(weights)})
+    arrays.update({f"{prefix}o{i}": v for i, v in enumerate(optimizer)})
+    arrays.update({f"{prefix}m{i}": v for i, v in enumerate(model_state)})
+    return meta, arrays
+
+
+def _unpack(meta: dict[str, Any], archive: Any, prefix: str = "") -> dict[str, Any]:
+    state = dict(meta["state"])
+    state["weights"] = [archive[f"{prefix}w{i}"] for i in range(meta["num_weights"])]
+    state["optimizer"] = [archive[f"{prefix}o{i}"] for i in range(meta["num_optimizer"])]
+    state["model_state"] = [archive[f"{prefix}m{i}"] for i in range(meta.get("num_model_state", 0))]
+    state["standardizer"] = {
+        "count": meta["standardizer_count"],
+        "mean": archive[f"{prefix}standardizer_mean"],
+        "m2": archive[f"{prefix}standardizer_m2"],
+    }
+    return state
+
+
+def _serialize(checkpoint: Checkpoint) -> bytes:
+    state = dict(checkpoint.state)
+    challenger = state.pop("challenger", None)  # a second learner's full state
+    packed, arrays = _pack(state)
+    meta = {
+        "format": FORMAT_VERSION,
+        "version": checkpoint.version,
+        "created_at": checkpoint.created_at,
+        "offsets": checkpoint.offsets,
+        "extra": checkpoint.extra,
+        **packed,
+    }
+    if challenger is not None:
+        meta["challenger"], challenger_arrays = _pack(challenger, CHALLENGER_PREFIX)
+        arrays.update(challenger_arrays)
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     buffer = io.BytesIO()
-    np.savez(buffer, **arrays)  # type: ignore[arg-type]
+    np.savez(buffer, **arrays)
     return buffer.getvalue()
 
 
@@ -103,15 +131,9 @@ def _deserialize(payload: bytes) -> Checkpoint:
         meta = json.loads(archive["meta"].tobytes())
         if meta.get("format") != FORMAT_VERSION:
             raise CheckpointError(f"unknown checkpoint format {meta.get('format')!r}")
-        state = dict(meta["state"])
-        state["weights"] = [archive[f"w{i}"] for i in range(meta["num_weights"])]
-        state["optimizer"] = [archive[f"o{i}"] for i in range(meta["num_optimizer"])]
-        state["model_state"] = [archive[f"m{i}"] for i in range(meta.get("num_model_state", 0))]
-        state["standardizer"] = {
-            "count": meta["standardizer_count"],
-            "mean": archive["standardizer_mean"],
-            "m2": archive["standardizer_m2"],
-        }
+        state = _unpack(meta, archive)
+        if meta.get("challenger") is not None:
+            state["challenger"] = _unpack(meta["challenger"], archive, CHALLENGER_PREFIX)
     return Checkpoint(
         version=int(meta["version"]),
         state=state,

@@ -41,6 +41,31 @@ PREQUENTIAL = {
     "mae": PREQUENTIAL_MAE,
     "rmse": PREQUENTIAL_RMSE,
 }
+CHALLENGER_PREQUENTIAL_ACCURACY = Gauge(
+    "streamfit_challenger_prequential_accuracy",
+    "The challenger's test-then-train accuracy over the recent window",
+)
+CHALLENGER_PREQUENTIAL_LOSS = Gauge(
+    "streamfit_challenger_prequential_loss",
+    "The challenger's test-then-train log-loss over the recent window",
+)
+CHALLENGER_PREQUENTIAL_MAE = Gauge(
+    "streamfit_challenger_prequential_mae",
+    "The challenger's test-then-train mean absolute error over the recent window",
+)
+CHALLENGER_PREQUENTIAL_RMSE = Gauge(
+    "streamfit_challenger_prequential_rmse",
+    "The challenger's test-then-train root mean squared error over the recent window",
+)
+CHALLENGER_PREQUENTIAL = {
+    "accuracy": CHALLENGER_PREQUENTIAL_ACCURACY,
+    "loss": CHALLENGER_PREQUENTIAL_LOSS,
+    "mae": CHALLENGER_PREQUENTIAL_MAE,
+    "rmse": CHALLENGER_PREQUENTIAL_RMSE,
+}
+PROMOTIONS = Counter(
+    "streamfit_promotions", "Challengers promoted to champion (STREAMFIT_CHALLENGER_MODEL)"
+)
 SCHEMA_REGISTRY_UP = Gauge(
     "streamfit_schema_registry_up",
     "1 when the Schema Registry answered the last schema lookup (Avro records), 0 when not",

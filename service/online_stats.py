@@ -199,6 +199,10 @@ class LearningHistory:
         self.events.append({"samples": samples, "kind": kind, "time": time.time(), **detail})
         del self.events[: -self.max_points]
 
+    def take_events(self, other: LearningHistory) -> None:
+        """Take over `other`'s events (the champion role's, at a promotion), leaving it none."""
+        self.events, other.events = other.events, []
+
     def state(self) -> dict[str, Any]:
         return {"every": self.every, "points": list(self.points), "events": list(self.events)}
 
@@ -210,3 +214,23 @@ class LearningHistory:
         last = history.points[-1]["samples"] or 0 if history.points else 0
         history._next = (int(last) // history.every + 1) * history.every
         return history
+
+
+def history_of_checkpoint(state: dict[str, Any]) -> dict[str, Any]:
+    """The learning history a checkpoint state holds: the champion's curve and the service's
+    events, and, with a challenger, its spec and curve under "challenger".
+
+    >>> state = {"history": {"points": [], "events": []}, "model": {"spec": "linear"},
+    ...          "challenger": {"history": {"points": [{"samples": 1}]}, "model": {"spec": "mlp"}}}
+    >>> history_of_checkpoint(state)["challenger"]
+    {'model': 'mlp', 'points': [{'samples': 1}]}
+    """
+    history = dict(state.get("history") or {"every": None, "points": [], "events": []})
+    challenger = state.get("challenger")
+    if challenger is not None:
+        history["model"] = (state.get("model") or {}).get("spec")
+        history["challenger"] = {
+            "model": (challenger.get("model") or {}).get("spec"),
+            "points": list((challenger.get("history") or {}).get("points", [])),
+        }
+    return history

@@ -1,6 +1,7 @@
 """Report: a PNG learning curve of the task's two prequential metrics (accuracy and log-loss,
-or MAE and RMSE), with drift, checkpoint and rollback events, from a learner's history
-(`LearningHistory.state()`) or a checkpoint.
+or MAE and RMSE), with drift, checkpoint, rollback and promotion events, from a learner's
+history (`LearningHistory.state()`, with the challenger's curve when there is one) or a
+checkpoint.
 
 Drawn with matplotlib's object API on the Agg canvas (no pyplot, no display, no global state),
 so a server thread can render it; the file is written atomically.
@@ -19,12 +20,15 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
 from service.checkpoints import CheckpointStore
+from service.online_stats import history_of_checkpoint
 
 ACCURACY_COLOR = "#1f77b4"
 LOSS_COLOR = "#d62728"
 DRIFT_COLOR = "#ff7f0e"
 CHECKPOINT_COLOR = "#2ca02c"
 ROLLBACK_COLOR = "#9467bd"
+CHALLENGER_COLOR = "#7f7f7f"
+PROMOTION_COLOR = "#17becf"
 MAX_CHECKPOINT_LABELS = 12
 
 
@@ -81,20 +85,42 @@ def write_report(history: dict[str, Any], path: Path | str, title: str) -> Path:
     or MAE (top) and RMSE (bottom) for regression; return the path.
 
     Drift events are dashed vertical lines, rollbacks solid ones, checkpoints triangles on
-    the top panel labelled with their version (the newest ones when there are many).
+    the top panel labelled with their version (the newest ones when there are many). With a
+    challenger ("challenger": {"model", "points"}), its curves are drawn dashed beside the
+    champion's, and each promotion is a dotted vertical line naming the new champion.
     """
     path = Path(path)
     points = sorted(history.get("points", []), key=lambda p: p["samples"])
     samples = [p["samples"] for p in points]
     first, second = panels_for(points)
     upper, lower = _values(points, first.key), _values(points, second.key)
+    challenger = history.get("challenger") or {}
+    rival = sorted(challenger.get("points", []), key=lambda p: p["samples"])
+    champion_label = f" ({history.get('model')}, champion)" if challenger else ""
 
     figure = Figure(figsize=(10, 6.5), dpi=110, layout="constrained")
     FigureCanvasAgg(figure)
     top, bottom = figure.subplots(2, 1, sharex=True, height_ratios=(3, 2))
     figure.suptitle(title, fontsize=13)
-    top.plot(samples, upper, color=ACCURACY_COLOR, linewidth=1.6, label=first.legend)
-    bottom.plot(samples, lower, color=LOSS_COLOR, linewidth=1.6, label=second.legend)
+    top.plot(
+        samples, upper, color=ACCURACY_COLOR, linewidth=1.6, label=first.legend + champion_label
+    )
+    bottom.plot(
+        samples, lower, color=LOSS_COLOR, linewidth=1.6, label=second.legend + champion_label
+    )
+    if rival:
+        rival_samples = [p["samples"] for p in rival]
+        label = f" ({challenger.get('model')}, challenger)"
+        for axes, panel in ((top, first), (bottom, second)):
+            axes.plot(
+                rival_samples,
+                _values(rival, panel.key),
+                color=CHALLENGER_COLOR,
+                linestyle="--",
+                linewidth=1.4,
+                label=panel.legend + label,
+            )
+        upper, lower = upper + _values(rival, first.key), lower + _values(rival, second.key)
     top.set_ylabel(first.axis)
     bottom.set_ylabel(second.axis)
     bottom.set_xlabel("samples learned")
@@ -135,6 +161,27 @@ def write_report(history: dict[str, Any], path: Path | str, title: str) -> Path:
                 fontsize=8,
             )
 
+    promotions = _events(history, "promotion")
+    for axes in (top, bottom):
+        for i, event in enumerate(promotions):
+            axes.axvline(
+                event["samples"],
+                color=PROMOTION_COLOR,
+                linestyle=":",
+                linewidth=1.8,
+                label="promotion" if i == 0 and axes is top else None,
+            )
+    for event in promotions:
+        top.annotate(
+            f"{event.get('champion', '')} promoted",
+            (event["samples"], 1.0),
+            xycoords=("data", "axes fraction"),
+            xytext=(3, -24),
+            textcoords="offset points",
+            color=PROMOTION_COLOR,
+            fontsize=8,
+        )
+
     checkpoints = _events(history, "checkpoint")
     if checkpoints:
         top.scatter(
@@ -160,6 +207,8 @@ def write_report(history: dict[str, Any], path: Path | str, title: str) -> Path:
                     color=CHECKPOINT_COLOR,
                 )
     if points:
+        if rival:
+            bottom.legend(loc="best", fontsize=8, framealpha=0.9)
         top.legend(loc="best", fontsize=8, framealpha=0.9)
         for axes, panel, values in ((top, first, upper), (bottom, second, lower)):
             _set_limits(axes, panel, [v for v in values if math.isfinite(v)])
@@ -192,7 +241,7 @@ def report_from_checkpoints(
     checkpoint = CheckpointStore(checkpoint_dir).latest()
     if checkpoint is None:
         raise ReportError(f"no readable checkpoint in {checkpoint_dir}")
-    history = checkpoint.state.get("history") or {}
+    history = history_of_checkpoint(checkpoint.state)
     if title is None:
         samples = int(checkpoint.state.get("samples_trained", 0))
         title = f"streamfit model v{checkpoint.version}: {samples:,} samples learned"

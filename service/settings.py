@@ -107,6 +107,11 @@ class Settings(BaseSettings):
     serve_policy: Literal["latest", "gated", "pinned"] = "latest"
     gate_window: int = Field(2000, ge=1, le=10_000)
     gate_tolerance: float = Field(0.02, ge=0)
+    # A second model learning the same batches; promoted when it beats the champion
+    # (service.training.challenger).
+    challenger_model: str | None = Field(None, min_length=1)
+    promote_margin: float = Field(0.01, ge=0)
+    promote_window: int = Field(2000, ge=1, le=10_000)
     snapshot_interval_s: float = Field(0.05, ge=0)
     drift_policy: Literal["none", "alert", "reset_optimizer", "rollback"] = "alert"
     drift_threshold: float = Field(10.0, gt=0)
@@ -179,6 +184,11 @@ class Settings(BaseSettings):
             raise ValueError(f"the label field {self.label_field!r} is also a feature")
         if self.message_format == "avro" and not self.schema_registry_url:
             raise ValueError("MESSAGE_FORMAT=avro needs STREAMFIT_SCHEMA_REGISTRY_URL")
+        if self.challenger_model is not None and self.challenger_model == self.model_spec:
+            raise ValueError(
+                f"STREAMFIT_CHALLENGER_MODEL={self.challenger_model} is the champion's model "
+                "(STREAMFIT_MODEL): a challenger must be another model"
+            )
         return self
 
     @property
@@ -192,6 +202,10 @@ class Settings(BaseSettings):
     @property
     def builtin_model(self) -> bool:
         return self.model_spec in ("mlp", "linear")
+
+    def with_model(self, spec: str) -> Settings:
+        """These settings with `MODEL` set to `spec` (the challenger's, or a role's)."""
+        return self.model_copy(update={"model": spec, "model_arch": "mlp"})
 
     @field_validator("log_level", mode="before")
     @classmethod

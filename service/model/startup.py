@@ -1,5 +1,6 @@
-"""Start-up check: the configured model fits the task, the features, the record format and
-the newest checkpoint — or start-up stops with one line saying why (`SettingsError`).
+"""Start-up check: the configured model (and challenger) fits the task, the features, the
+record format and the newest checkpoint — or start-up stops with one line saying why
+(`SettingsError`).
 
 Run before the server starts. A built-in model is checked from the settings alone (no
 TensorFlow); a user's model (`.keras` file or factory) is built once here, so that a model
@@ -17,26 +18,46 @@ from service.settings import Settings, SettingsError
 
 
 def check_model(settings: Settings, *, with_checkpoint: bool = True) -> tuple[Task, InputSpec]:
-    """The task and inputs of the configured model, checked; SettingsError (one line) if not."""
+    """The task and inputs of the configured model, checked; SettingsError (one line) if not.
+
+    A challenger (CHALLENGER_MODEL) must fit the same task and take the same inputs."""
     try:
         task = Task.of(settings)
-        if settings.builtin_model:
-            inputs = declared_inputs(settings)
-            fingerprint = None
-        else:
-            from service.model.resolve import ModelMismatch, resolve_model
-
-            try:
-                _, plan = resolve_model(settings)
-            except ModelMismatch as exc:
-                raise ValueError(str(exc)) from None
-            inputs, fingerprint = plan.inputs, plan.fingerprint
+        inputs, fingerprint = _inputs_of(settings)
     except ValueError as exc:
         raise SettingsError(f"invalid model settings: {exc}") from None
     _check_records(settings, inputs)
+    fingerprints = {settings.model_spec: fingerprint}
+    if settings.challenger_model is not None and settings.role != "predictor":
+        spec = settings.challenger_model
+        try:
+            theirs, fingerprints[spec] = _inputs_of(settings.with_model(spec))
+        except ValueError as exc:
+            detail = str(exc).replace("STREAMFIT_MODEL=", "")  # the messages name MODEL
+            raise SettingsError(f"invalid setting STREAMFIT_CHALLENGER_MODEL: {detail}") from None
+        if theirs.state() != inputs.state():
+            raise SettingsError(
+                f"invalid setting STREAMFIT_CHALLENGER_MODEL: {spec} takes {theirs.width} "
+                f"features {list(theirs.names) or ''}, the champion "
+                f"({settings.model_spec}) {inputs.width} {list(inputs.names) or ''}".rstrip()
+            )
     if with_checkpoint and settings.role != "predictor":
-        _check_checkpoint(settings, task, inputs, fingerprint)
+        _check_checkpoint(settings, task, inputs, fingerprints)
     return task, inputs
+
+
+def _inputs_of(settings: Settings) -> tuple[InputSpec, str | None]:
+    """The inputs and architecture fingerprint of MODEL (ValueError if it does not fit): a
+    built-in's from the settings alone, a user's model built once."""
+    if settings.builtin_model:
+        return declared_inputs(settings), None
+    from service.model.resolve import ModelMismatch, resolve_model
+
+    try:
+        _, plan = resolve_model(settings)
+    except ModelMismatch as exc:
+        raise ValueError(str(exc)) from None
+    return plan.inputs, plan.fingerprint
 
 
 def _check_records(settings: Settings, inputs: InputSpec) -> None:
@@ -58,10 +79,11 @@ def _check_records(settings: Settings, inputs: InputSpec) -> None:
 
 
 def _check_checkpoint(
-    settings: Settings, task: Task, inputs: InputSpec, fingerprint: str | None
+    settings: Settings, task: Task, inputs: InputSpec, fingerprints: dict[str, str | None]
 ) -> None:
     """The newest checkpoint's model is the configured one (the checkpoint wins on restart:
-    to start another model, point CHECKPOINT_DIR elsewhere)."""
+    to start another model, point CHECKPOINT_DIR elsewhere). After a promotion its champion
+    is CHALLENGER_MODEL's, which is the configured pair in the roles the checkpoint names."""
     store = store_for(settings)
     try:
         checkpoint = store.latest()
@@ -69,7 +91,11 @@ def _check_checkpoint(
         return  # the trainer reports an unreadable store itself
     if checkpoint is None:
         return
-    problem = _difference(checkpoint.state, settings.model_spec, task, inputs, fingerprint)
+    spec = settings.model_spec
+    stored_champion = (checkpoint.state.get("roles") or {}).get("champion")
+    if stored_champion is not None and stored_champion == settings.challenger_model:
+        spec = stored_champion  # promoted: the checkpoint's roles win
+    problem = _difference(checkpoint.state, spec, task, inputs, fingerprints.get(spec))
     if problem:
         raise SettingsError(
             f"STREAMFIT_CHECKPOINT_DIR={settings.checkpoint_dir} holds checkpoint "

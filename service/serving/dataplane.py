@@ -35,6 +35,8 @@ class ModelSource(Protocol):
     def lag_status(self) -> str | None: ...
     def serving_info(self) -> dict[str, Any] | None: ...
     def latest_snapshot(self) -> ModelSnapshot | None: ...
+    def challenger_snapshot(self) -> ModelSnapshot | None: ...
+    def challenger_info(self) -> dict[str, Any] | None: ...
 
 
 class DataPlane:
@@ -115,6 +117,13 @@ class DataPlane:
             live = self.source.latest_snapshot() if self.source else None
             return live if live is not None else await self._stored().newest()
         if label == "challenger":
+            challenger = self.source.challenger_snapshot() if self.source else None
+            if challenger is not None:
+                return challenger
+            if self.role == "predictor":
+                raise ModelNotFound(
+                    "the challenger is the trainer's live model: a predictor does not serve it"
+                )
             raise ModelNotFound("no challenger model (STREAMFIT_CHALLENGER_MODEL is not set)")
         raise ModelNotFound(f"unknown label {label!r}: stable, latest or challenger")
 
@@ -295,6 +304,7 @@ class DataPlane:
             "role": self.role,
             "trainer": source.trainer_status() if source else None,
             "drift": source.drift_summary() if source else None,
+            "challenger": source.challenger_info() if source else None,
         }
 
     def history(self) -> dict[str, Any]:

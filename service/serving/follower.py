@@ -8,7 +8,7 @@ from typing import Any
 
 from service import metrics
 from service.checkpoints import Checkpoint, CheckpointError, CheckpointStore
-from service.online_stats import PrequentialWindow
+from service.online_stats import PrequentialWindow, history_of_checkpoint
 from service.serving.snapshot import (
     ModelSnapshot,
     SnapshotError,
@@ -119,8 +119,22 @@ class CheckpointFollower:
 
     def history(self) -> dict[str, Any]:
         if self.checkpoint is not None:
-            return dict(self.checkpoint.state.get("history", {}))
+            return history_of_checkpoint(self.checkpoint.state)
         return {"every": None, "points": [], "events": []}
+
+    def challenger_info(self) -> dict[str, Any] | None:
+        """The challenger as the served checkpoint recorded it (None without one)."""
+        challenger = self.checkpoint.state.get("challenger") if self.checkpoint else None
+        if challenger is None:
+            return None
+        return {
+            "model": (challenger.get("model") or {}).get("spec"),
+            "samples_trained": int(challenger.get("samples_trained", 0)),
+            "prequential": PrequentialWindow.of_checkpoint(challenger).metrics(),
+        }
+
+    def challenger_snapshot(self) -> ModelSnapshot | None:
+        return None  # the challenger is the trainer's live model: it is not stored to serve
 
     def not_ready_reason(self) -> str:
         if self.checkpoint is None:

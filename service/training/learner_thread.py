@@ -2,7 +2,8 @@
 
 TensorFlow runs here and never on the event loop, which keeps heartbeats, HTTP and the
 consumer alive while a batch trains. Each public coroutine hands one private method of this
-class to the thread; those private methods are the only code that touches the `Learner`.
+class to the thread; those private methods are the only code that touches the `Learner`s
+(the champion and, with CHALLENGER_MODEL, the challenger: `ChampionChallenger`).
 The event loop may read the plain counters (`samples_trained`, the prequential window, the
 history) at any time: they are replaced whole, never half-written.
 """
@@ -21,6 +22,7 @@ from service import metrics
 from service.codec import DecodedBatch
 from service.serving.snapshot import SnapshotHolder, snapshot_from_learner
 from service.settings import Settings
+from service.training.challenger import ChampionChallenger, Roles
 from service.training.drift_response import DriftResponse
 
 log = logging.getLogger(__name__)
@@ -29,13 +31,24 @@ T = TypeVar("T")
 
 
 class LearnerThread:
-    """The Learner on its own thread: restore, learn, checkpoint state, adopt (rollback)."""
+    """The Learners on their own thread: restore, learn, checkpoint state, adopt (rollback).
 
-    def __init__(self, settings: Settings, snapshots: SnapshotHolder, drift: DriftResponse) -> None:
+    The champion publishes to `snapshots` (the live model), the challenger to
+    `challenger_snapshots`.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        snapshots: SnapshotHolder,
+        drift: DriftResponse,
+        challenger_snapshots: SnapshotHolder | None = None,
+    ) -> None:
         self.settings = settings
         self.snapshots = snapshots
+        self.challenger_snapshots = challenger_snapshots or SnapshotHolder()
         self.drift = drift
-        self.learner: Any = None  # a service.training.learner.Learner once started
+        self.pair: ChampionChallenger | None = None  # once started
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="streamfit-learn")
         self._snapshot_interval_s = settings.snapshot_interval_s
         self._last_publish = 0.0
@@ -48,7 +61,21 @@ class LearnerThread:
 
     @property
     def ready(self) -> bool:
-        return self.learner is not None
+        return self.pair is not None
+
+    @property
+    def learner(self) -> Any:
+        """The champion (a service.training.learner.Learner), None until started."""
+        return self.pair.champion if self.pair is not None else None
+
+    @property
+    def challenger(self) -> Any:
+        """The challenger Learner (None without CHALLENGER_MODEL, or until started)."""
+        return self.pair.challenger if self.pair is not None else None
+
+    @property
+    def roles(self) -> Roles | None:
+        return self.pair.roles if self.pair is not None else None
 
     async def start(self, state: dict[str, Any] | None, version: int) -> None:
         """Build the model (TensorFlow loads here), restore `state` if any, serve it."""
@@ -86,25 +113,31 @@ class LearnerThread:
     # -- on the learner thread --------------------------------------------------------------
 
     def _start(self, state: dict[str, Any] | None, version: int) -> None:
-        from service.training.learner import learner_for  # TensorFlow loads here
+        from service.training.challenger import pair_for  # TensorFlow loads here
 
-        self.learner = learner_for(self.settings)
+        pair = pair_for(self.settings, state)
         if state is not None:
-            self.learner.restore(state)
             self.drift.restore(state.get("drift"))
-        self.learner.warm_up()
-        snapshot = snapshot_from_learner(self.learner, version)
+        pair.champion.warm_up()
+        if pair.challenger is not None:
+            pair.challenger.warm_up()
+        snapshot = snapshot_from_learner(pair.champion, version)
+        challenger = snapshot_from_learner(pair.challenger, version) if pair.challenger else None
         self._freeze_heap()  # before the first snapshot makes the service ready
+        self.pair = pair
+        if challenger is not None:
+            self.challenger_snapshots.publish(challenger)
         self.snapshots.publish(snapshot)
         self._update_metrics()
 
     def _learn(self, batch: DecodedBatch) -> None:
         started = time.perf_counter()
-        result = self.learner.learn(batch.features, batch.labels)
+        assert self.pair is not None
+        result, promoted = self.pair.learn(batch.features, batch.labels)
         self.drift.observe(self.learner, result.prequential_loss, result.samples)
         now = time.monotonic()
-        if now - self._last_publish >= self._snapshot_interval_s:
-            self._publish()
+        if promoted is not None or now - self._last_publish >= self._snapshot_interval_s:
+            self._publish()  # a promotion is served at once
         else:
             self._unpublished = True  # published when the stream pauses (publish_pending)
         metrics.TRAIN_BATCH_DURATION.observe(time.perf_counter() - started)
@@ -114,20 +147,25 @@ class LearnerThread:
 
     def _publish(self) -> None:
         # The served version is the holder's: a checkpoint raises it from the event loop.
-        self.snapshots.publish(snapshot_from_learner(self.learner, self.snapshots.version))
+        version = self.snapshots.version
+        self.snapshots.publish(snapshot_from_learner(self.learner, version))
+        if self.challenger is not None:
+            self.challenger_snapshots.publish(snapshot_from_learner(self.challenger, version))
         self._last_publish = time.monotonic()
         self._unpublished = False
 
     def _checkpoint_state(self, version: int) -> dict[str, Any]:
         self.learner.history.event(self.learner.samples_trained, "checkpoint", version=version)
         self._publish()  # the served model is never older than a checkpoint
-        state = self.learner.state()
+        assert self.pair is not None
+        state = self.pair.state()
         state["drift"] = self.drift.state()
         return state
 
     def _adopt(self, state: dict[str, Any], version: int) -> None:
         samples_before = self.learner.samples_trained
-        self.learner.restore(state)
+        assert self.pair is not None
+        self.pair.restore(state)
         self.drift.restore(state.get("drift"))
         self.learner.history.event(
             self.learner.samples_trained,
@@ -145,6 +183,10 @@ class LearnerThread:
         for name, value in self.learner.prequential.metrics().items():
             if value is not None:
                 metrics.PREQUENTIAL[name].set(value)
+        if self.challenger is not None:
+            for name, value in self.challenger.prequential.metrics().items():
+                if value is not None:
+                    metrics.CHALLENGER_PREQUENTIAL[name].set(value)
         if self.learner.last_loss is not None:
             metrics.TRAIN_LOSS.set(self.learner.last_loss)
 

@@ -102,7 +102,8 @@ class Trainer:
         self.offsets = PartitionOffsets()
         self.drift = DriftResponse(settings.drift_policy, settings.drift_threshold)
         self.live = SnapshotHolder()  # what the learner publishes; `snapshots` is what is served
-        self.learner = LearnerThread(settings, self.live, self.drift)
+        self.challenger_live = SnapshotHolder()  # the challenger's (CHALLENGER_MODEL)
+        self.learner = LearnerThread(settings, self.live, self.drift, self.challenger_live)
         self.pipeline = LearnPipeline(
             None,  # the codec follows the model's inputs: built in `start`
             self.learner,
@@ -151,6 +152,7 @@ class Trainer:
                     "version": checkpoint.version,
                     "samples_trained": self.learner.learner.samples_trained,
                     "offsets": checkpoint.offsets,
+                    **({"roles": roles.state()} if (roles := self.learner.roles) else {}),
                 },
             )
         self._task = asyncio.create_task(self._run(), name="streamfit-trainer")
@@ -459,7 +461,30 @@ class Trainer:
         learner = self.learner.learner
         if learner is None:
             return {"every": None, "points": [], "events": []}
-        return dict(learner.history.state())
+        history = dict(learner.history.state())
+        challenger = self.learner.challenger
+        if challenger is not None:
+            history["model"] = learner.plan.spec
+            history["challenger"] = {
+                "model": challenger.plan.spec,
+                "points": list(challenger.history.points),
+            }
+        return history
+
+    def challenger_info(self) -> dict[str, Any] | None:
+        """The challenger's spec and prequential metrics (None without CHALLENGER_MODEL)."""
+        challenger = self.learner.challenger
+        if challenger is None:
+            return None
+        return {
+            "model": challenger.plan.spec,
+            "samples_trained": challenger.samples_trained,
+            "prequential": challenger.prequential.metrics(),
+        }
+
+    def challenger_snapshot(self) -> ModelSnapshot | None:
+        """The challenger's live model (label `challenger`); None without one."""
+        return self.challenger_live.current if self.learner.challenger is not None else None
 
     def not_ready_reason(self) -> str:
         return self.status.last_error or "loading model"

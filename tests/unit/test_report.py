@@ -142,3 +142,25 @@ def test_report_from_the_newest_checkpoint(tmp_path: Path) -> None:
 def test_report_without_a_checkpoint_says_so(tmp_path: Path) -> None:
     with pytest.raises(ReportError, match="no readable checkpoint"):
         report_from_checkpoints(tmp_path / "missing", tmp_path / "report.png")
+
+
+def test_a_challenger_curve_and_promotions_are_drawn(tmp_path: Path) -> None:
+    history = make_history()
+    history["model"] = "mlp"
+    history["challenger"] = {
+        "model": "linear",
+        "points": [{**p, "accuracy": 0.55, "loss": 0.69} for p in history["points"]],
+    }
+    history["events"].append(
+        {"samples": 30_000, "kind": "promotion", "time": 0.0, "champion": "mlp"}
+    )
+    path = write_report(history, tmp_path / "pair.png", "champion and challenger")
+    with Image.open(path) as image:
+        pixels = np.asarray(image.convert("RGB")).astype(int)
+    for colour in ((0x7F, 0x7F, 0x7F), (0x17, 0xBE, 0xCF)):  # challenger grey, promotion cyan
+        close = np.abs(pixels - colour).sum(axis=2) < 30
+        assert close.sum() > 200, colour
+    plain = write_report(make_history(), tmp_path / "plain.png", "champion alone")
+    with Image.open(plain) as image:
+        pixels = np.asarray(image.convert("RGB")).astype(int)
+    assert (np.abs(pixels - (0x17, 0xBE, 0xCF)).sum(axis=2) < 30).sum() < 50
