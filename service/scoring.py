@@ -37,7 +37,7 @@ import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
-from service.checkpoints import store_for
+from service.checkpoints import CheckpointError, store_for
 from service.codec import Codec, Reject
 from service.kafka.clients import new_consumer, new_producer
 from service.kafka.commits import commit_offsets
@@ -471,9 +471,14 @@ class Scorer:
         self._unlabelled = 0
 
     def load_snapshot(self) -> ModelSnapshot:
-        """The newest valid checkpoint as a serving snapshot."""
+        """The served version as a serving snapshot: the one the trainer's serve policy
+        names in the manifest (docs/PROMOTION.md), else the newest valid checkpoint."""
         store = store_for(self.settings)
-        checkpoint = store.latest()
+        served = (store.serving() or {}).get("served_version")
+        try:
+            checkpoint = store.load(int(served)) if served is not None else store.latest()
+        except CheckpointError as exc:
+            raise ScoringError(f"the served version {served} cannot be loaded: {exc}") from exc
         if checkpoint is None:
             raise ScoringError(
                 f"no checkpoint in {self.settings.checkpoint_dir}: run `streamfit fit` "

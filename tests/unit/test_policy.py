@@ -94,3 +94,20 @@ def test_the_state_round_trips_through_the_manifest_form(policy: str) -> None:
     first.consider(2, acc(0.1), now=20.0)
     restored = ServingState.from_dict(first.state.as_dict(), policy)  # type: ignore[arg-type]
     assert restored == first.state
+
+
+@pytest.mark.usefixtures("without_test_switches")
+def test_score_uses_the_version_the_serve_decision_names(tmp_path) -> None:
+    from service.checkpoints import Checkpoint, CheckpointStore
+    from service.scoring import Scorer
+    from service.settings import load_settings
+    from service.training.learner import builtin_learner
+
+    store = CheckpointStore(tmp_path / "ckpt")
+    learner = builtin_learner(18, "mlp", 1e-3, 0, "binary")
+    for version in (1, 2, 3):
+        store.save(Checkpoint(version, learner.state(), {"t:0": version}))
+    settings = load_settings(checkpoint_dir=str(tmp_path / "ckpt"))
+    assert Scorer(settings, "t", "g").load_snapshot().version == 3  # no decision: newest
+    store.record_serving(ServingState(policy="gated", served_version=2).as_dict())
+    assert Scorer(settings, "t", "g").load_snapshot().version == 2
