@@ -29,6 +29,7 @@ CHECKPOINT_COLOR = "#2ca02c"
 ROLLBACK_COLOR = "#9467bd"
 CHALLENGER_COLOR = "#7f7f7f"
 PROMOTION_COLOR = "#17becf"
+HELD_COLOR = "#e377c2"
 MAX_CHECKPOINT_LABELS = 12
 
 
@@ -171,7 +172,12 @@ def write_report(history: dict[str, Any], path: Path | str, title: str) -> Path:
                 linewidth=1.8,
                 label="promotion" if i == 0 and axes is top else None,
             )
+    last_labelled = -math.inf
+    span = max((p["samples"] for p in points), default=1) or 1
     for event in promotions:
+        if event["samples"] - last_labelled < 0.15 * span:
+            continue  # a label per promotion would overlap where roles flip back and forth
+        last_labelled = event["samples"]
         top.annotate(
             f"{event.get('champion', '')} promoted",
             (event["samples"], 1.0),
@@ -206,6 +212,19 @@ def write_report(history: dict[str, Any], path: Path | str, title: str) -> Path:
                     fontsize=7,
                     color=CHECKPOINT_COLOR,
                 )
+    held = _events(history, "held")
+    if held:
+        top.scatter(
+            [e["samples"] for e in held],
+            [0.02] * len(held),
+            transform=top.get_xaxis_transform(),
+            marker="x",
+            s=40,
+            color=HELD_COLOR,
+            zorder=4,
+            label="checkpoint held back (serve policy)",
+            clip_on=False,
+        )
     if points:
         if rival:
             bottom.legend(loc="best", fontsize=8, framealpha=0.9)
@@ -238,11 +257,26 @@ def report_from_checkpoints(
     checkpoint_dir: Path | str, path: Path | str, title: str | None = None
 ) -> Path:
     """Draw the history held by the newest readable checkpoint in `checkpoint_dir`."""
-    checkpoint = CheckpointStore(checkpoint_dir).latest()
+    store = CheckpointStore(checkpoint_dir)
+    checkpoint = store.latest()
     if checkpoint is None:
         raise ReportError(f"no readable checkpoint in {checkpoint_dir}")
     history = history_of_checkpoint(checkpoint.state)
+    history = {**history, "events": [*history.get("events", []), *held_events(store)]}
     if title is None:
         samples = int(checkpoint.state.get("samples_trained", 0))
         title = f"streamfit model v{checkpoint.version}: {samples:,} samples learned"
     return write_report(history, path, title)
+
+
+def held_events(store: CheckpointStore) -> list[dict[str, Any]]:
+    """The versions the serve policy held back (the manifest's decision), as history events
+    at the samples each had learned."""
+    manifest = store.manifest()
+    learned = {int(e["version"]): e.get("samples_trained") for e in manifest["checkpoints"]}
+    held = ((manifest.get("serving") or {}).get("held")) or []
+    return [
+        {"samples": learned[h["version"]], "kind": "held", "version": h["version"]}
+        for h in held
+        if learned.get(h["version"]) is not None
+    ]

@@ -110,7 +110,7 @@ class Settings(BaseSettings):
     # A second model learning the same batches; promoted when it beats the champion
     # (service.training.challenger).
     challenger_model: str | None = Field(None, min_length=1)
-    promote_margin: float = Field(0.01, ge=0)
+    promote_margin: float = Field(0.02, ge=0)
     promote_window: int = Field(2000, ge=1, le=10_000)
     snapshot_interval_s: float = Field(0.05, ge=0)
     drift_policy: Literal["none", "alert", "reset_optimizer", "rollback"] = "alert"

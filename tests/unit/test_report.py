@@ -164,3 +164,36 @@ def test_a_challenger_curve_and_promotions_are_drawn(tmp_path: Path) -> None:
     with Image.open(plain) as image:
         pixels = np.asarray(image.convert("RGB")).astype(int)
     assert (np.abs(pixels - (0x17, 0xBE, 0xCF)).sum(axis=2) < 30).sum() < 50
+
+
+def test_versions_held_back_by_the_serve_policy_are_marked(tmp_path: Path) -> None:
+    from service.checkpoints import Checkpoint, CheckpointStore
+    from service.report import held_events
+    from service.serving.policy import ServingState
+
+    store = CheckpointStore(tmp_path / "ckpt")
+    state = {
+        "weights": [np.zeros(2)],
+        "optimizer": [],
+        "model_state": [],
+        "standardizer": {"count": 0, "mean": np.zeros(2), "m2": np.zeros(2)},
+        "samples_trained": 0,
+        "batches_trained": 0,
+    }
+    for version in (1, 2, 3):
+        store.save(Checkpoint(version, {**state, "samples_trained": 10_000 * version}, {}))
+    held = [{"version": 3, "reason": "gate: ...", "score": None, "stored_at": 0.0}]
+    store.record_serving(ServingState("gated", served_version=2, held=held).as_dict())
+    events = held_events(store)
+    assert events == [{"samples": 30_000, "kind": "held", "version": 3}]
+
+    history = make_history()
+    history["events"].extend(events)
+    path = write_report(history, tmp_path / "held.png", "held back")
+    with Image.open(path) as image:
+        pixels = np.asarray(image.convert("RGB")).astype(int)
+    assert (np.abs(pixels - (0xE3, 0x77, 0xC2)).sum(axis=2) < 30).sum() > 20  # pink crosses
+    plain = write_report(make_history(), tmp_path / "plain.png", "none held")
+    with Image.open(plain) as image:
+        pixels = np.asarray(image.convert("RGB")).astype(int)
+    assert (np.abs(pixels - (0xE3, 0x77, 0xC2)).sum(axis=2) < 30).sum() == 0
