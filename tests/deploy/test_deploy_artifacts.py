@@ -710,6 +710,10 @@ def check_compose_checkpoint_bucket(compose: dict[str, Any]) -> None:
         targets = [str(v).split(":")[1] for v in service.get("volumes", [])]
         assert IMAGE_CHECKPOINT_DIR not in targets, f"{name} still mounts a checkpoint volume"
     assert len(set(locations.values())) == 1, f"trainer and predictor differ: {locations}"
+    # The trainer's SavedModel exports (<EXPORT_DIR>/<MODEL_NAME>/<version>/) in the same bucket,
+    # beside the checkpoints, not among them.
+    exports = compose_environment(services["streamfit"])["STREAMFIT_EXPORT_DIR"]
+    check_export_location(exports, locations["streamfit"])
     shared = set.intersection(
         *(
             {str(v).split(":")[0] for v in services[name].get("volumes", [])}
@@ -717,6 +721,16 @@ def check_compose_checkpoint_bucket(compose: dict[str, Any]) -> None:
         )
     )
     assert not shared, f"trainer and predictor share volumes {shared}: the bucket is the link"
+
+
+def check_export_location(exports: str, checkpoints: str) -> None:
+    """Exports in the checkpoints' bucket, outside the checkpoint prefix (whose files a
+    predictor lists)."""
+    parts, checkpoint_parts = urlsplit(exports), urlsplit(checkpoints)
+    assert parts.scheme == checkpoint_parts.scheme == "s3", (exports, checkpoints)
+    assert parts.netloc == checkpoint_parts.netloc, f"exports {exports}, checkpoints {checkpoints}"
+    inside = f"{checkpoint_parts.path.rstrip('/')}/"
+    assert not f"{parts.path.rstrip('/')}/".startswith(inside), f"{exports} in {checkpoints}"
 
 
 def test_compose_checkpoints_live_in_the_minio_bucket(compose: dict[str, Any]) -> None:
@@ -1322,6 +1336,10 @@ def check_object_store_checkpoints(objects: list[dict[str, Any]]) -> None:
     }
     assert client["trainer"] == client["predictor"], f"S3 client settings differ: {client}"
     assert client["trainer"].get("AWS_REGION"), "no AWS_REGION for the bucket"
+    # The trainer exports SavedModels beside the checkpoints (TF Serving / KServe read them).
+    check_export_location(
+        envs["trainer"]["STREAMFIT_EXPORT_DIR"], envs["trainer"]["STREAMFIT_CHECKPOINT_DIR"]
+    )
     # The predictors only read: their own account, so their role can be read-only.
     assert roles["trainer"][0] != roles["predictor"][0], f"one ServiceAccount for both: {roles}"
     assert roles["trainer"][1] != roles["predictor"][1], f"one IAM role for both: {roles}"
