@@ -190,17 +190,7 @@ def write_report(history: dict[str, Any], path: Path | str, title: str) -> Path:
 
     checkpoints = _events(history, "checkpoint")
     if checkpoints:
-        top.scatter(
-            [e["samples"] for e in checkpoints],
-            [0.02] * len(checkpoints),
-            transform=top.get_xaxis_transform(),
-            marker="^",
-            s=30,
-            color=CHECKPOINT_COLOR,
-            zorder=3,
-            label="checkpoint",
-            clip_on=False,
-        )
+        _marks(top, checkpoints, "^", 30, CHECKPOINT_COLOR, "checkpoint")
         labelled = checkpoints[:: max(1, -(-len(checkpoints) // MAX_CHECKPOINT_LABELS))]
         for event in labelled:
             if "version" in event:
@@ -213,18 +203,8 @@ def write_report(history: dict[str, Any], path: Path | str, title: str) -> Path:
                     color=CHECKPOINT_COLOR,
                 )
     held = _events(history, "held")
-    if held:
-        top.scatter(
-            [e["samples"] for e in held],
-            [0.02] * len(held),
-            transform=top.get_xaxis_transform(),
-            marker="x",
-            s=40,
-            color=HELD_COLOR,
-            zorder=4,
-            label="checkpoint held back (serve policy)",
-            clip_on=False,
-        )
+    if held:  # drawn over the checkpoint they are
+        _marks(top, held, "x", 40, HELD_COLOR, "checkpoint held back (serve policy)", zorder=4)
     if points:
         if rival:
             bottom.legend(loc="best", fontsize=8, framealpha=0.9)
@@ -241,6 +221,29 @@ def write_report(history: dict[str, Any], path: Path | str, title: str) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def _marks(
+    axes: Any,
+    events: list[dict[str, Any]],
+    marker: str,
+    size: int,
+    color: str,
+    label: str,
+    zorder: int = 3,
+) -> None:
+    """A marker per event at its sample count, along the bottom edge of `axes`."""
+    axes.scatter(
+        [e["samples"] for e in events],
+        [0.02] * len(events),
+        transform=axes.get_xaxis_transform(),
+        marker=marker,
+        s=size,
+        color=color,
+        zorder=zorder,
+        label=label,
+        clip_on=False,
+    )
 
 
 def _set_limits(axes: Any, panel: Panel, values: list[float]) -> None:

@@ -15,11 +15,29 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from service.broker import free_port
+from service.checkpoints import Checkpoint
 from service.producer import produce, synthetic_pairs
 from service.settings import Settings, unknown_setting_names
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def a_checkpoint(version: int, samples: int = 10) -> Checkpoint:
+    """A small, loadable checkpoint (3 features, a Dense 3->2 model's weights) for store tests."""
+    rng = np.random.default_rng(version)
+    state = {
+        "weights": [rng.standard_normal((3, 2)), rng.standard_normal(2)],
+        "optimizer": [np.array(version, dtype=np.int64)],
+        "model_state": [],
+        "standardizer": {"count": samples, "mean": np.zeros(3), "m2": np.ones(3)},
+        "samples_trained": samples,
+        "batches_trained": 1,
+    }
+    return Checkpoint(version=version, state=state, offsets={"t:0": samples})
+
 
 # A consumer-group join may take up to JOIN_SESSIONS session timeouts plus JOIN_MARGIN_S
 # (ServiceProcess.join_timeout_s says why).

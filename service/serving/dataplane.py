@@ -108,11 +108,11 @@ class DataPlane:
         one, fresher than its checkpoint; a predictor's newest stored version), `challenger`
         the challenger model when one learns beside the champion.
         """
+        if version is None and label in (None, "stable"):
+            return None  # the served one: `predict` checks the name
         self.snapshot(name)  # the name exists and something is served
         if version is not None:
             return await self._stored().get(version)
-        if label is None or label == "stable":
-            return None
         if label == "latest":
             live = self.source.latest_snapshot() if self.source else None
             return live if live is not None else await self._stored().newest()

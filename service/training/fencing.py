@@ -69,11 +69,7 @@ class LeaseKeeper:
             if stopping.is_set():
                 raise LeaseHeld("stopped while waiting for the checkpoint prefix")
         self.status.last_error = None
-        metrics.CHECKPOINT_LEASE_HELD.set(1)
-        log.info(
-            "checkpoint prefix leased",
-            extra={"generation": self.lease.record.generation if self.lease.record else None},
-        )
+        self._leased()
         self._renewal.start()
 
     def check(self) -> None:
@@ -94,6 +90,9 @@ class LeaseKeeper:
             self.lease.acquire()
         except LeaseHeld as exc:
             raise LeaseLost(str(exc)) from None
+        self._leased()
+
+    def _leased(self) -> None:
         metrics.CHECKPOINT_LEASE_HELD.set(1)
         log.info(
             "checkpoint prefix leased",

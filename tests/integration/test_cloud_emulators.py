@@ -12,10 +12,11 @@ from typing import Any, Protocol
 import numpy as np
 import pytest
 
-from service.checkpoints import Checkpoint, CheckpointStore, store_for
+from service.checkpoints import CheckpointStore, store_for
 from service.lease import LEASE, Lease, LeaseHeld, LeaseLost
 from service.settings import load_settings
 from service.storage import ObjectStorage
+from tests.support import a_checkpoint
 
 PREFIX = "models/susy"
 
@@ -37,19 +38,6 @@ def cloud(request: pytest.FixtureRequest) -> Emulator:
     """Each emulator in turn (its session fixture starts it once)."""
     emulator: Emulator = request.getfixturevalue(request.param)
     return emulator
-
-
-def a_checkpoint(version: int, samples: int = 10) -> Checkpoint:
-    rng = np.random.default_rng(version)
-    state = {
-        "weights": [rng.standard_normal((3, 2)), rng.standard_normal(2)],
-        "optimizer": [np.array(version, dtype=np.int64)],
-        "model_state": [],
-        "standardizer": {"count": samples, "mean": np.zeros(3), "m2": np.ones(3)},
-        "samples_trained": samples,
-        "batches_trained": 1,
-    }
-    return Checkpoint(version=version, state=state, offsets={"t:0": samples})
 
 
 def a_prefix(cloud: Emulator) -> tuple[str, str]:

@@ -15,25 +15,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.checkpoints import Checkpoint, CheckpointStore
+from service.checkpoints import CheckpointStore
 from service.lease import Lease, LeaseHeld
 from service.settings import SettingsError, load_settings
 from service.storage import ObjectStorage
 from tests.s3_server import S3Server
-from tests.support import ROOT, produce_synthetic, wait_for
-
-
-def a_checkpoint(version: int, samples: int = 10) -> Checkpoint:
-    rng = np.random.default_rng(version)
-    state = {
-        "weights": [rng.standard_normal((3, 2)), rng.standard_normal(2)],
-        "optimizer": [np.array(version, dtype=np.int64)],
-        "model_state": [],
-        "standardizer": {"count": samples, "mean": np.zeros(3), "m2": np.ones(3)},
-        "samples_trained": samples,
-        "batches_trained": 1,
-    }
-    return Checkpoint(version=version, state=state, offsets={"t:0": samples})
+from tests.support import ROOT, a_checkpoint, produce_synthetic, wait_for
 
 
 def url(s3: S3Server) -> str:
