@@ -24,6 +24,7 @@ NAMES = (
     "throughput",
     "freshness",
     "latency",
+    "concurrency",
     "paths",
     "responsiveness",
     "recovery",

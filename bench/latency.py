@@ -40,18 +40,20 @@ def load_tool() -> str:
     return "wrk" if shutil.which("wrk") else "python"
 
 
-def generate_load(service: Service, duration_s: float) -> dict[str, Any]:
+def generate_load(
+    service: Service, duration_s: float, connections: int = CONNECTIONS
+) -> dict[str, Any]:
     """Run the load generator for duration_s; its JSON summary (latencies in microseconds)."""
     if load_tool() == "wrk":
         command = [
-            "wrk", f"-t{CONNECTIONS}", f"-c{CONNECTIONS}", f"-d{duration_s:.0f}s",
+            "wrk", f"-t{min(connections, 2)}", f"-c{connections}", f"-d{duration_s:.0f}s",
             "--timeout", "5s", "-s", str(LUA), service.url + PATH,
         ]  # fmt: skip
     else:
         body = json.dumps({"instances": [INSTANCE]})
         command = [
             sys.executable, "-m", "bench.loadgen", "--port", str(service.port), "--path", PATH,
-            "--body", body, "--connections", str(CONNECTIONS), "--duration", str(duration_s),
+            "--body", body, "--connections", str(connections), "--duration", str(duration_s),
         ]  # fmt: skip
     done = subprocess.run(
         command, cwd=ROOT, capture_output=True, text=True, timeout=duration_s + 60, check=True

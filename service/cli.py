@@ -71,21 +71,45 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def serve(settings: Settings) -> int:
-    """Run the HTTP service (and the trainer, by role) until SIGINT/SIGTERM."""
+    """Run the HTTP service (and the trainer, by role) until SIGINT/SIGTERM.
+
+    With HTTP workers (`STREAMFIT_HTTP_WORKERS`), this process binds the public port for them
+    and serves its own app on a Unix socket they forward to (`service.serving.workers`).
+    """
+    import shutil
+
     import uvicorn
 
     from service.api import create_app
     from service.logs import configure_logging
+    from service.serving.shared import private_directory
+    from service.serving.workers import HttpWorkers, listening_socket
 
     configure_logging(settings.log_level, settings.log_format)
     # The learner thread runs Python between TensorFlow kernels; a shorter GIL switch
     # interval (default 5 ms) bounds how long the event loop waits for it.
     sys.setswitchinterval(0.001)
-    app = create_app(settings)
+    workers: HttpWorkers | None = None
+    count = settings.http_worker_count()
+    if count:
+        try:
+            listener = listening_socket(settings.http_host, settings.http_port)
+        except OSError as exc:
+            print(
+                f"streamfit: cannot listen on {settings.http_host}:{settings.http_port}: {exc}",
+                file=sys.stderr,
+            )
+            return 2
+        workers = HttpWorkers(settings, count, listener, private_directory())
+    app = create_app(settings, workers=workers)
+    where: dict[str, Any] = (
+        {"uds": str(workers.control_socket)}
+        if workers is not None
+        else {"host": settings.http_host, "port": settings.http_port}
+    )
     config = uvicorn.Config(
         app,
-        host=settings.http_host,
-        port=settings.http_port,
+        **where,
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=10,
@@ -95,7 +119,37 @@ def serve(settings: Settings) -> int:
     # uvicorn re-raises the signal it shut down for, using the handler installed before it
     # ran: make that a no-op for SIGTERM, so a graceful stop (Kubernetes) exits 0.
     signal.signal(signal.SIGTERM, lambda *_: None)
-    server.run()
+    try:
+        server.run()
+    finally:
+        if workers is not None:
+            shutil.rmtree(workers.directory, ignore_errors=True)
+    return 0
+
+
+def cmd_http_worker(args: argparse.Namespace) -> int:
+    """`streamfit http-worker` (started by `serve`, not by hand): one HTTP worker process."""
+    import socket
+
+    import uvicorn
+
+    from service.api.worker import create_worker_app
+    from service.logs import configure_logging
+    from service.serving.workers import CONTROL_SOCKET, parent_alive, watch_parent
+
+    watch_parent(args.parent)
+    settings = Settings.model_validate_json(sys.stdin.buffer.read())
+    configure_logging(settings.log_level, settings.log_format)
+    shared = Path(args.shared)
+    app = create_worker_app(
+        settings, shared, shared / CONTROL_SOCKET, alive=lambda: parent_alive(args.parent)
+    )
+    config = uvicorn.Config(
+        app, log_config=None, access_log=False, timeout_graceful_shutdown=10, lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    server.run(sockets=[socket.socket(fileno=args.fd)])
     return 0
 
 
@@ -278,6 +332,12 @@ def build_parser() -> argparse.ArgumentParser:
     lag_parser.add_argument("--topic", help="default: STREAMFIT_TRAIN_TOPIC")
     _add_setting_flags(lag_parser, only=(*KAFKA_SETTINGS, "train_topic"))
     lag_parser.set_defaults(func=cmd_lag)
+
+    worker_parser = commands.add_parser("http-worker")  # started by serve; not listed
+    worker_parser.add_argument("--fd", type=int, required=True)
+    worker_parser.add_argument("--shared", required=True)
+    worker_parser.add_argument("--parent", type=int, required=True)
+    worker_parser.set_defaults(func=cmd_http_worker)
 
     dev_parser = commands.add_parser("dev", help="broker + stream + service (what `make run` runs)")
     dev_parser.add_argument("--broker-port", type=int, default=9092)

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from collections.abc import Iterator
+from pathlib import Path
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.samples import Sample
 
 SAMPLES_TRAINED = Counter("streamfit_samples_trained", "Samples the model has learned from")
 BATCHES_TRAINED = Counter("streamfit_batches_trained", "Mini-batches trained")
@@ -157,3 +163,58 @@ EXPORT_DURATION = Histogram(
 EXPORT_FAILURES = Counter(
     "streamfit_export_failures", "Exports that failed (training and checkpoints go on)"
 )
+
+
+# What an HTTP worker process records (service.serving.workers); the trainer adds these.
+WORKER_FAMILIES = frozenset(
+    {
+        "streamfit_http_requests",
+        "streamfit_http_request_duration_seconds",
+        "streamfit_prediction_duration_seconds",
+    }
+)
+
+
+def exposition(workers_dir: Path | None = None) -> bytes:
+    """The text exposition of this process's metrics, with the HTTP workers' request and
+    prediction metrics (prometheus-client's multiprocess files in `workers_dir`) summed in."""
+    if workers_dir is None:
+        return generate_latest()
+    return generate_latest(_WithWorkers(workers_dir))
+
+
+class _WithWorkers:
+    """This process's registry, with the same families of the workers' files summed in."""
+
+    def __init__(self, workers_dir: Path) -> None:
+        self.workers_dir = workers_dir
+
+    def collect(self) -> Iterator[Metric]:
+        theirs = {
+            family.name: family
+            for family in MultiProcessCollector(None, path=str(self.workers_dir)).collect()
+            if family.name in WORKER_FAMILIES
+        }
+        for family in REGISTRY.collect():
+            other = theirs.pop(family.name, None)
+            yield family if other is None else _summed(family, other)
+
+
+def _summed(ours: Metric, theirs: Metric) -> Metric:
+    def key(sample: Sample) -> tuple[str, tuple[tuple[str, str], ...]]:
+        labels = {k: (_bound(v) if k == "le" else v) for k, v in sample.labels.items()}
+        return sample.name, tuple(sorted(labels.items()))
+
+    added = {key(s): s.value for s in theirs.samples}
+    summed = Metric(ours.name, ours.documentation, ours.type, ours.unit)
+    for sample in ours.samples:
+        extra = added.pop(key(sample), 0.0)
+        summed.samples.append(sample._replace(value=sample.value + extra))
+    for sample in theirs.samples:
+        if key(sample) in added:  # label sets only the workers have
+            summed.samples.append(sample)
+    return summed
+
+
+def _bound(value: str) -> str:
+    return repr(float(value))

@@ -2,7 +2,8 @@
 
 Role `all` and `trainer` run a `Trainer` (and, with EXPORT_DIR, an `Exporter` fed by its
 checkpoints); `predictor` runs a `CheckpointFollower`. Either is the data plane's model source.
-The event-loop watch runs in every role.
+With HTTP workers, the served snapshot is written for them (`SnapshotWriter`) and they are
+started before the model source and stopped first. The event-loop watch runs in every role.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ from service.model.task import Task
 from service.serving.batcher import MicroBatcher
 from service.serving.dataplane import DataPlane
 from service.serving.follower import CheckpointFollower
+from service.serving.shared import SnapshotWriter
 from service.serving.snapshot import SnapshotHolder
 from service.serving.versions import StoredVersions
+from service.serving.workers import HttpWorkers
 from service.settings import Settings
 from service.training.trainer import Trainer
 
@@ -32,8 +35,9 @@ log = logging.getLogger(__name__)
 class Runtime:
     """Builds the data plane and, on `start`, the trainer or follower behind it."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, workers: HttpWorkers | None = None) -> None:
         self.settings = settings
+        self.workers = workers  # HTTP worker processes, with the served snapshot shared
         self.snapshots = SnapshotHolder()
         self.loopwatch = LoopWatch()
         self.started_at = time.time()
@@ -60,11 +64,16 @@ class Runtime:
         self.trainer: Trainer | None = None
         self.exporter: Exporter | None = None
         self.follower: CheckpointFollower | None = None
+        self.snapshot_writer: SnapshotWriter | None = None
 
     async def start(self) -> None:
         """Start the loop watch and the model source; a failure shows in `/readyz`."""
         self.loopwatch.start()
         s = self.settings
+        if self.workers is not None:
+            self.snapshot_writer = SnapshotWriter(self.snapshots, self.workers.directory)
+            self.snapshot_writer.start()
+            self.workers.start()
         try:
             if s.role == "predictor":
                 store = store_for(s)
@@ -89,6 +98,10 @@ class Runtime:
         await starting
 
     async def stop(self) -> None:
+        if self.workers is not None:  # no new requests: the workers finish theirs and exit
+            await self.workers.stop()
+        if self.snapshot_writer is not None:
+            await self.snapshot_writer.stop()
         await self.loopwatch.stop()
         if self.trainer is not None:
             await self.trainer.stop()

@@ -92,6 +92,11 @@ class Settings(BaseSettings):
     learning_rate: float = Field(1e-3, gt=0)
     seed: int = 0
     tf_threads: int = Field(1, ge=1, le=256)
+    # HTTP worker processes of a trainer (service.serving.workers): they take the public port
+    # and answer predictions from the shared snapshot, so the trainer's process keeps its
+    # interpreter lock for the consumer and the learner. `auto`: half the CPUs (at least one;
+    # none on one CPU, in the predictor role, or with LABELS_TOPIC).
+    http_workers: int | Literal["auto"] = Field("auto", union_mode="left_to_right")
     http_host: str = "127.0.0.1"
     http_port: int = Field(8000, ge=0, le=65535)
     max_request_bytes: int = Field(4_000_000, ge=1024)
@@ -131,6 +136,16 @@ class Settings(BaseSettings):
                 raise ValueError(f"empty name in {value!r}")
             return names if value.strip() else ()
         return value
+
+    @field_validator("http_workers", mode="before")
+    @classmethod
+    def _workers_or_auto(cls, value: object) -> object:
+        text = str(value).strip().lower()
+        if text == "auto":
+            return "auto"
+        if not text.isdigit() or not 0 <= int(text) <= 64:
+            raise ValueError(f"{value!r}: a number of processes from 0 to 64, or auto")
+        return int(text)
 
     @field_validator("predict_api_keys", mode="before")
     @classmethod
@@ -211,6 +226,27 @@ class Settings(BaseSettings):
     @classmethod
     def _upper_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _http_workers_fit(self) -> Settings:
+        if isinstance(self.http_workers, int):
+            if self.http_workers and self.labels_topic and self.role != "predictor":
+                raise ValueError(
+                    "STREAMFIT_HTTP_WORKERS cannot be used with STREAMFIT_LABELS_TOPIC: delayed "
+                    "labels join predictions the trainer's own process made (set it to 0)"
+                )
+        return self
+
+    def http_worker_count(self) -> int:
+        """How many HTTP worker processes a trainer runs (0: its own process serves HTTP)."""
+        if self.role == "predictor":
+            return 0
+        if isinstance(self.http_workers, int):
+            return self.http_workers
+        if self.labels_topic:
+            return 0
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        return 0 if (cpus or 1) < 2 else max(1, (cpus or 1) // 2)
 
     @model_validator(mode="after")
     def _sasl_complete(self) -> Settings:

@@ -15,19 +15,23 @@ from fastapi import FastAPI
 from service import __version__
 from service.api import admin, errors, health, model, v1, v2
 from service.api.auth import PredictKeys
+from service.api.fast_predict import add_fast_predict
 from service.api.middleware import RequestContext
 from service.checkpoints import store_for
 from service.runtime import Runtime
+from service.serving.workers import HttpWorkers
 from service.settings import Settings
 
 
-def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
+def create_app(
+    settings: Settings, runtime: Runtime | None = None, workers: HttpWorkers | None = None
+) -> FastAPI:
     """The HTTP app over `runtime` (built from `settings` if not given).
 
     Nothing starts until the server runs the lifespan; a test may instead start `runtime`
     itself and drive the app over ASGI.
     """
-    runtime = runtime or Runtime(settings)
+    runtime = runtime or Runtime(settings, workers)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -45,7 +49,6 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.runtime = runtime
-    app.add_middleware(RequestContext, max_body=settings.max_request_bytes)
     errors.install(app)
     dataplane = runtime.dataplane
     guard = PredictKeys(settings.predict_api_keys)
@@ -53,7 +56,14 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     app.include_router(v2.router(v2.V2Endpoints(dataplane), guard))
     app.include_router(model.router(model.ModelEndpoints(dataplane)))
     app.include_router(
-        health.router(health.HealthEndpoints(dataplane, runtime.loopwatch, runtime.started_at))
+        health.router(
+            health.HealthEndpoints(
+                dataplane,
+                runtime.loopwatch,
+                runtime.started_at,
+                runtime.workers.metrics_dir if runtime.workers is not None else None,
+            )
+        )
     )
     store = store_for(settings)
     app.include_router(
@@ -61,4 +71,6 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
             admin.AdminEndpoints(settings.api_key, settings.role, store, lambda: runtime.trainer)
         )
     )
+    add_fast_predict(app, dataplane, settings.predict_api_keys)
+    app.add_middleware(RequestContext, max_body=settings.max_request_bytes)
     return app

@@ -2,21 +2,30 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from service.loopwatch import LoopWatch
+from service.metrics import exposition
 from service.serving.dataplane import DataPlane, liveness
 
 
 class HealthEndpoints:
-    def __init__(self, dataplane: DataPlane, loopwatch: LoopWatch, started_at: float) -> None:
+    def __init__(
+        self,
+        dataplane: DataPlane,
+        loopwatch: LoopWatch,
+        started_at: float,
+        workers_metrics: Path | None = None,
+    ) -> None:
         self.dataplane = dataplane
         self.loopwatch = loopwatch
         self.started_at = started_at
+        self.workers_metrics = workers_metrics
 
     async def live(self) -> dict[str, Any]:
         return liveness(self.started_at, self.loopwatch.max_lag_s, self.loopwatch.recent_max_lag_s)
@@ -26,8 +35,8 @@ class HealthEndpoints:
         return JSONResponse(body, status_code=200 if ready else 503)
 
     async def metrics(self) -> Response:
-        """Prometheus text exposition."""
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        """Prometheus text exposition (with the HTTP workers' requests and predictions)."""
+        return Response(exposition(self.workers_metrics), media_type=CONTENT_TYPE_LATEST)
 
 
 def router(endpoints: HealthEndpoints) -> APIRouter:

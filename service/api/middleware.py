@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
 from service import metrics
@@ -13,11 +13,18 @@ from service.logs import request_id
 
 
 class RequestContext:
-    """Pure ASGI middleware: request id, body size limit (413), HTTP metrics."""
+    """Pure ASGI middleware: request id, body size limit (413), HTTP metrics.
 
-    def __init__(self, app: Callable[..., Awaitable[None]], max_body: int) -> None:
+    Requests on a route in `skip` are not counted here (an HTTP worker forwards them to the
+    trainer's app, which counts them under their own route).
+    """
+
+    def __init__(
+        self, app: Callable[..., Awaitable[None]], max_body: int, skip: Collection[str] = ()
+    ) -> None:
         self.app = app
         self.max_body = max_body
+        self.skip = frozenset(skip)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -42,7 +49,7 @@ class RequestContext:
             too_large = length is not None and length.isdigit() and int(length) > self.max_body
             if not too_large and length is None and scope["method"] in ("POST", "PUT", "PATCH"):
                 body, too_large = await self._read_limited(receive)
-                receive = _replay(body)
+                receive = replay(body)
             if too_large:
                 response = error_response(413, f"request body is larger than {self.max_body} bytes")
                 await response(scope, receive, send_with_id)
@@ -51,9 +58,10 @@ class RequestContext:
         finally:
             route = scope.get("route")
             path = getattr(route, "path", None) or "unmatched"
-            elapsed = time.perf_counter() - started
-            metrics.HTTP_REQUESTS.labels(path, scope["method"], str(status)).inc()
-            metrics.HTTP_DURATION.labels(path, scope["method"]).observe(elapsed)
+            if path not in self.skip:
+                elapsed = time.perf_counter() - started
+                metrics.HTTP_REQUESTS.labels(path, scope["method"], str(status)).inc()
+                metrics.HTTP_DURATION.labels(path, scope["method"]).observe(elapsed)
             request_id.reset(token)
 
     async def _read_limited(self, receive: Any) -> tuple[bytes, bool]:
@@ -69,7 +77,8 @@ class RequestContext:
                 return b"".join(chunks), False
 
 
-def _replay(body: bytes) -> Callable[[], Awaitable[dict[str, Any]]]:
+def replay(body: bytes) -> Callable[[], Awaitable[dict[str, Any]]]:
+    """A `receive` that hands the app a body already read."""
     sent = False
 
     async def receive() -> dict[str, Any]:

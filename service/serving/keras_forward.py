@@ -28,6 +28,7 @@ class KerasRunner:
     def __init__(self, config: str, inputs: InputSpec) -> None:
         from service.training.tf_runtime import keras, tf
 
+        self.config = config
         self.inputs = inputs
         self.model = keras.models.model_from_json(config)
         self._loaded: tuple[np.ndarray, ...] | None = None

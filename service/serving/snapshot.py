@@ -194,6 +194,50 @@ def snapshot_from_learner(learner: Any, version: int) -> ModelSnapshot:
     )
 
 
+def portable(snapshot: ModelSnapshot) -> dict[str, Any]:
+    """The snapshot as plain data (NumPy arrays, numbers, strings) for another process to
+    rebuild with `snapshot_from_portable` (the trainer's HTTP workers)."""
+    if snapshot.runner is not None:
+        weights, activations = list(snapshot.weights), None
+    else:
+        weights = [w for layer in snapshot.layers for w in (layer.kernel, layer.bias)]
+        activations = [layer.activation for layer in snapshot.layers]
+    return {
+        "weights": weights,
+        "activations": activations,
+        "mean": snapshot.mean,
+        "std": snapshot.std,
+        "version": snapshot.version,
+        "samples_trained": snapshot.samples_trained,
+        "batches_trained": snapshot.batches_trained,
+        "updated_at": snapshot.updated_at,
+        "task": snapshot.task.state(),
+        "inputs": snapshot.input_spec.state(),
+        "config": snapshot.runner.config if snapshot.runner is not None else None,
+        "spec": snapshot.spec,
+    }
+
+
+def snapshot_from_portable(data: dict[str, Any]) -> ModelSnapshot:
+    """The snapshot `portable` described (a Keras runner is built here for non-Dense models)."""
+    width = int(np.asarray(data["mean"]).shape[0])
+    inputs = InputSpec.from_state(data["inputs"], width)
+    snapshot = build_snapshot(
+        data["weights"],
+        data["activations"],
+        data["mean"],
+        data["std"],
+        data["version"],
+        data["samples_trained"],
+        data["batches_trained"],
+        Task.from_state(data["task"]),
+        inputs,
+        data["config"],
+        data["spec"],
+    )
+    return replace(snapshot, updated_at=data["updated_at"])
+
+
 class SnapshotError(Exception):
     """A checkpoint cannot be served (its state lacks what a snapshot needs)."""
 

@@ -1,0 +1,179 @@
+"""Predictions from 16 connections while the trainer learns a backlog at full speed.
+
+The two cores are shared by the trainer (consumer and learner), the HTTP workers and the load
+generator. One backlog topic is written once; each point of the trade-off is a fresh service
+(its own consumer group, so it starts at the beginning of the backlog) with its own settings:
+`STREAMFIT_HTTP_WORKERS` (HTTP worker processes; 0 serves HTTP in the trainer's own process,
+the design before them) and `STREAMFIT_TF_THREADS`. For each: the trainer's rate from Kafka
+with no HTTP load (a window before and one after), then wrk with 16 connections, one instance
+per request, for the loaded window; the ratio is the loaded rate over the mean unloaded one.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from bench.contention import CpuWindow
+from bench.latency import generate_load
+from bench.report import SummaryRow, fmt_int, fmt_ms, table
+from bench.stack import BenchSession, Service, poll_until
+
+NAME = "concurrency"
+TITLE = "Predictions from 16 connections during a backlog"
+CONNECTIONS = 16
+TARGET_P99_S = 0.005
+TARGET_RPS = 3000.0
+TARGET_TRAIN_RATIO = 0.5
+DEFAULT_POINT = "defaults (HTTP_WORKERS=auto: 1 on 2 CPUs)"
+POINTS: tuple[tuple[str, dict[str, str]], ...] = (
+    (DEFAULT_POINT, {}),
+    ("HTTP in the trainer's process (HTTP_WORKERS=0)", {"STREAMFIT_HTTP_WORKERS": "0"}),
+    ("HTTP_WORKERS=2", {"STREAMFIT_HTTP_WORKERS": "2"}),
+)
+FULL_ONLY_POINTS: tuple[tuple[str, dict[str, str]], ...] = (
+    ("HTTP_WORKERS=1, TF_THREADS=2", {"STREAMFIT_HTTP_WORKERS": "1", "STREAMFIT_TF_THREADS": "2"}),
+)
+
+
+def _rate(service: Service, seconds: float) -> float:
+    before, started = service.learned(), time.perf_counter()
+    time.sleep(seconds)
+    return (service.learned() - before) / (time.perf_counter() - started)
+
+
+def point(
+    session: BenchSession,
+    topic: str,
+    backlog: int,
+    label: str,
+    env: dict[str, str],
+    quiet_s: float,
+    load_s: float,
+) -> dict[str, Any]:
+    service = session.service(topic, env=env).start()
+    poll_until(lambda: service.learned() > 0, 60, 0.05, "first trained batch")
+    generate_load(service, 1.0, CONNECTIONS)  # warm-up: connections, first-request paths
+    alone_before = _rate(service, quiet_s)
+    cpu = CpuWindow().start()
+    learned_before, started = service.learned(), time.perf_counter()
+    load = generate_load(service, load_s, CONNECTIONS)
+    loaded = (service.learned() - learned_before) / (time.perf_counter() - started)
+    window = cpu.stop()
+    alone_after = _rate(service, quiet_s)
+    learned_at_end = service.learned()
+    service.stop()
+    alone = (alone_before + alone_after) / 2
+    latency_us, seconds = load["latency_us"], load["duration_us"] / 1e6
+    return {
+        "point": label,
+        "env": env,
+        "requests": load["requests"],
+        "errors": sum(load["errors"].values()),
+        "rps": load["requests"] / seconds,
+        "p50_s": latency_us["p50"] / 1e6,
+        "p90_s": latency_us["p90"] / 1e6,
+        "p99_s": latency_us["p99"] / 1e6,
+        "max_s": latency_us["max"] / 1e6,
+        "trained_alone": [alone_before, alone_after],
+        "trained_alone_mean": alone,
+        "trained_loaded": loaded,
+        "train_ratio": loaded / alone if alone else 0.0,
+        "backlog_left": backlog - learned_at_end,
+        "cpu": window,
+    }
+
+
+def run(session: BenchSession, quick: bool) -> dict[str, Any]:
+    quiet_s, load_s = (2.0, 5.0) if quick else (3.0, 10.0)
+    backlog = 700_000 if quick else 1_200_000
+    topic = session.new_topic("concurrency")
+    produce_s = session.produce(topic, backlog, seed=31)
+    points = POINTS if quick else POINTS + FULL_ONLY_POINTS
+    results = [
+        point(session, topic, backlog, label, env, quiet_s, load_s) for label, env in points
+    ]
+    return {
+        "connections": CONNECTIONS,
+        "backlog": backlog,
+        "produce_s": produce_s,
+        "quiet_s": quiet_s,
+        "load_s": load_s,
+        "points": results,
+    }
+
+
+def _met(r: dict[str, Any]) -> bool:
+    return (
+        r["p99_s"] <= TARGET_P99_S
+        and r["rps"] >= TARGET_RPS
+        and r["errors"] == 0
+        and r["train_ratio"] >= TARGET_TRAIN_RATIO
+        and r["backlog_left"] > 0
+    )
+
+
+def summary(result: dict[str, Any]) -> list[SummaryRow]:
+    r = next(p for p in result["points"] if p["point"] == DEFAULT_POINT)
+    return [
+        SummaryRow(
+            "prediction, 16 connections, trainer learning a backlog (defaults)",
+            f"p50 {fmt_ms(r['p50_s'])}, p99 {fmt_ms(r['p99_s'])}, {fmt_int(r['rps'])} req/s; "
+            f"trainer at {r['train_ratio']:.2f} of its unloaded rate "
+            f"({fmt_int(r['trained_loaded'])} of {fmt_int(r['trained_alone_mean'])} rec/s)",
+            f"p99 <= {TARGET_P99_S * 1e3:.0f} ms, >= {TARGET_RPS:.0f} req/s, "
+            f"trainer >= {TARGET_TRAIN_RATIO}",
+            _met(r),
+        )
+    ]
+
+
+def render(result: dict[str, Any]) -> str:
+    rows = [
+        [
+            r["point"],
+            fmt_ms(r["p50_s"]),
+            fmt_ms(r["p90_s"]),
+            f"**{fmt_ms(r['p99_s'])}**",
+            fmt_ms(r["max_s"]),
+            f"**{fmt_int(r['rps'])}**",
+            str(r["errors"]),
+            f"{fmt_int(r['trained_alone'][0])} / {fmt_int(r['trained_alone'][1])}",
+            fmt_int(r["trained_loaded"]),
+            f"**{r['train_ratio']:.2f}**",
+            f"{r['cpu']['foreign_cores']:.2f}",
+            "yes" if _met(r) else "**no**",
+        ]
+        for r in result["points"]
+    ]
+    ran_out = [r["point"] for r in result["points"] if r["backlog_left"] <= 0]
+    note = f"\n\nThe backlog ran out during: {', '.join(ran_out)}." if ran_out else ""
+    return (
+        f"A backlog of {result['backlog']:,} records (3 partitions) written once; each row is a "
+        "fresh service on it (its own consumer group). The trainer's rate from Kafka alone is "
+        f"measured for {result['quiet_s']:.0f} s before and after the load; wrk (2 threads, "
+        f"{result['connections']} connections, keep-alive, one 18-feature instance per request) "
+        f"runs for {result['load_s']:.0f} s in between. *Trainer ratio* is its rate under load "
+        "over the mean unloaded rate. *Foreign cores*: CPU used by processes other than the "
+        "service, its workers, the broker and wrk.\n\n"
+        + table(
+            [
+                "settings",
+                "p50",
+                "p90",
+                "p99",
+                "max",
+                "req/s",
+                "errors",
+                "trained rec/s alone (before / after)",
+                "trained rec/s under load",
+                "trainer ratio",
+                "foreign cores",
+                "target met",
+            ],
+            rows,
+        )
+        + f"\n\nTargets (defaults): p99 <= {TARGET_P99_S * 1e3:.0f} ms and >= "
+        f"{TARGET_RPS:.0f} req/s, with the trainer learning >= {TARGET_TRAIN_RATIO} of its "
+        "unloaded rate." + note
+    )

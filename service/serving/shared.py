@@ -1,0 +1,116 @@
+"""Shared snapshot: the served model handed from the trainer's process to its HTTP workers.
+
+The trainer's process writes the served snapshot (`portable` form, pickled) to one file in a
+private directory whenever the served snapshot changes, replacing it atomically (temp file,
+then rename); each worker checks the file's identity every `POLL_S` and loads a new one. A
+worker therefore serves exactly what the trainer serves (its serve policy, pins and
+versions), at most a few milliseconds later, and a slow or restarted worker never holds the
+trainer back. The directory is on a memory-backed file system where there is one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import pickle
+import tempfile
+from pathlib import Path
+
+from service.serving.snapshot import (
+    ModelSnapshot,
+    SnapshotHolder,
+    portable,
+    snapshot_from_portable,
+)
+
+log = logging.getLogger(__name__)
+
+POLL_S = 0.002
+FILE = "snapshot.pickle"
+
+
+def private_directory() -> Path:
+    """A new directory only this user can read, in memory where the system offers it."""
+    shm = Path("/dev/shm")
+    base = shm if shm.is_dir() and os.access(shm, os.W_OK) else None
+    return Path(tempfile.mkdtemp(prefix="streamfit-", dir=base))
+
+
+class SnapshotWriter:
+    """Writes `holder`'s snapshot to `directory` each time it changes (a task it owns)."""
+
+    def __init__(self, holder: SnapshotHolder, directory: Path) -> None:
+        self.holder = holder
+        self.path = directory / FILE
+        self.written = 0
+        self._last: ModelSnapshot | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="streamfit-snapshot-writer")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            current = self.holder.current
+            if current is not None and current is not self._last:
+                try:
+                    await asyncio.to_thread(self.write, current)
+                except OSError:
+                    log.exception("could not hand the served model to the HTTP workers")
+                self._last = current
+            await asyncio.sleep(POLL_S)
+
+    def write(self, snapshot: ModelSnapshot) -> None:
+        """Replace the file with `snapshot` (readers see the old file or the new one)."""
+        data = pickle.dumps(portable(snapshot), protocol=pickle.HIGHEST_PROTOCOL)
+        fd, temp = tempfile.mkstemp(dir=self.path.parent, prefix=".snapshot-")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+            os.replace(temp, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            raise
+        self.written += 1
+
+
+class SnapshotReader:
+    """Loads the file `SnapshotWriter` keeps into `holder` whenever it is replaced."""
+
+    def __init__(self, directory: Path, holder: SnapshotHolder) -> None:
+        self.path = directory / FILE
+        self.holder = holder
+        self._identity: tuple[int, int] | None = None
+
+    def refresh(self) -> bool:
+        """Load the file if it changed since the last call; True if a new snapshot is held."""
+        try:
+            status = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        identity = (status.st_ino, status.st_mtime_ns)
+        if identity == self._identity:
+            return False
+        with open(self.path, "rb") as source:
+            data = pickle.load(source)  # written by our own trainer process, never by a client
+        self.holder.serve(snapshot_from_portable(data))
+        self._identity = identity
+        return True
+
+    async def follow(self) -> None:
+        """Refresh every `POLL_S` until cancelled."""
+        while True:
+            try:
+                self.refresh()
+            except Exception:
+                log.exception("could not load the served model from the trainer")
+            await asyncio.sleep(POLL_S)

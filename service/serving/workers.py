@@ -1,0 +1,167 @@
+"""HTTP workers: the processes that take a trainer's public port, started, watched and stopped
+by the trainer's process.
+
+Why processes: the trainer's process runs the consumer (aiokafka's fetch and unpack, the
+decode hand-offs) and the learner thread under one interpreter lock; prediction handlers in
+that process would take the lock from them, and they from the handlers. Each worker
+(`streamfit http-worker`, `service.api.worker`) accepts on the listening socket the trainer
+bound and hands down, answers predictions from the shared snapshot
+(`service.serving.shared`), and forwards everything else to the trainer's app on a Unix socket
+in the same private directory. Their metrics land in that directory too (prometheus-client's
+multiprocess files) and the trainer's `/metrics` adds them (`service.metrics.exposition`).
+
+A worker that exits is started again (after a pause that grows while it keeps failing); a
+worker whose trainer dies is killed by the kernel (Linux: the parent-death signal) or notices
+within half a second, so it never serves an orphaned model nor holds the port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+CONTROL_SOCKET = "control.sock"
+METRICS_DIR = "metrics"
+WATCH_S = 0.5
+STOP_GRACE_S = 5.0
+RESTART_PAUSE_S = (0.5, 30.0)  # first pause, cap; doubles while a worker keeps failing
+
+
+def listening_socket(host: str, port: int, backlog: int = 2048) -> socket.socket:
+    """The public socket, bound by the trainer's process and shared by its workers."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(backlog)
+    sock.set_inheritable(True)
+    return sock
+
+
+class HttpWorkers:
+    """`count` worker processes on `listener`, sharing `directory` with the trainer."""
+
+    def __init__(
+        self, settings: Settings, count: int, listener: socket.socket, directory: Path
+    ) -> None:
+        self.settings = settings
+        self.count = count
+        self.listener = listener
+        self.directory = directory
+        self.control_socket = directory / CONTROL_SOCKET
+        self.metrics_dir = directory / METRICS_DIR
+        self.metrics_dir.mkdir(exist_ok=True)
+        self.restarts = 0
+        self._processes: list[subprocess.Popen[bytes] | None] = [None] * count
+        self._failures = [0] * count
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    def start(self) -> None:
+        for slot in range(self.count):
+            self._spawn(slot)
+        self._task = asyncio.create_task(self._watch(), name="streamfit-http-workers")
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self._processes if p is not None and p.poll() is None]
+
+    def _spawn(self, slot: int) -> None:
+        env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir)}
+        fd = self.listener.fileno()
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "service",
+                "http-worker",
+                "--fd",
+                str(fd),
+                "--shared",
+                str(self.directory),
+                "--parent",
+                str(os.getpid()),
+            ],
+            stdin=subprocess.PIPE,
+            env=env,
+            pass_fds=(fd,),
+            start_new_session=True,  # a terminal's Ctrl-C reaches the trainer; it stops them
+        )
+        assert process.stdin is not None
+        # The settings (secrets included) through a pipe, never the environment or a file.
+        process.stdin.write(self.settings.model_dump_json().encode())
+        process.stdin.close()
+        self._processes[slot] = process
+        log.info("HTTP worker started", extra={"slot": slot, "pid": process.pid})
+
+    async def _watch(self) -> None:
+        started = [time.monotonic()] * self.count
+        while not self._stopping:
+            await asyncio.sleep(WATCH_S)
+            for slot, process in enumerate(self._processes):
+                if self._stopping or process is None or process.poll() is None:
+                    continue
+                lived = time.monotonic() - started[slot]
+                self._failures[slot] = 0 if lived > 60 else self._failures[slot] + 1
+                pause = min(
+                    RESTART_PAUSE_S[0] * 2 ** max(self._failures[slot] - 1, 0), RESTART_PAUSE_S[1]
+                )
+                log.warning(
+                    "HTTP worker exited; starting it again",
+                    extra={"slot": slot, "pid": process.pid, "code": process.returncode},
+                )
+                self._processes[slot] = None
+                await asyncio.sleep(pause)
+                if not self._stopping:
+                    self._spawn(slot)
+                    self.restarts += 1
+                    started[slot] = time.monotonic()
+
+    async def stop(self) -> None:
+        """SIGTERM every worker (each finishes the requests it holds), then wait."""
+        self._stopping = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        running = [p for p in self._processes if p is not None and p.poll() is None]
+        for process in running:
+            process.terminate()
+        deadline = time.monotonic() + STOP_GRACE_S
+        for process in running:
+            remaining = max(deadline - time.monotonic(), 0.0)
+            try:
+                await asyncio.to_thread(process.wait, remaining)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                await asyncio.to_thread(process.wait)
+        self.listener.close()
+
+
+def watch_parent(parent: int) -> None:
+    """In a worker: die with the trainer's process. Linux: the kernel sends SIGKILL when the
+    parent exits; elsewhere `parent_alive` is polled."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if not parent_alive(parent):
+        os._exit(1)
+
+
+def parent_alive(parent: int) -> bool:
+    return os.getppid() == parent
