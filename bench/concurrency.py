@@ -90,9 +90,7 @@ def run(session: BenchSession, quick: bool) -> dict[str, Any]:
     topic = session.new_topic("concurrency")
     produce_s = session.produce(topic, backlog, seed=31)
     points = POINTS if quick else POINTS + FULL_ONLY_POINTS
-    results = [
-        point(session, topic, backlog, label, env, quiet_s, load_s) for label, env in points
-    ]
+    results = [point(session, topic, backlog, label, env, quiet_s, load_s) for label, env in points]
     return {
         "connections": CONNECTIONS,
         "backlog": backlog,

@@ -190,8 +190,24 @@ class Service:
         raise RuntimeError("no VmHWM")
 
     def cpu_seconds(self) -> float:
-        """User + system CPU time of the process so far (all threads)."""
-        return process_cpu_seconds(self.pid)
+        """User + system CPU time so far of the process (all threads) and its HTTP workers."""
+        total = process_cpu_seconds(self.pid)
+        for child in self.children():
+            try:
+                total += process_cpu_seconds(child)
+            except OSError:  # exited meanwhile
+                pass
+        return total
+
+    def children(self) -> list[int]:
+        """The process's child processes (its HTTP workers)."""
+        found = []
+        for task in Path(f"/proc/{self.pid}/task").iterdir():
+            try:
+                found += [int(p) for p in (task / "children").read_text().split()]
+            except OSError:
+                continue
+        return found
 
     def checkpoint(self) -> dict[str, Any]:
         """Write a checkpoint now through the admin route."""

@@ -83,14 +83,14 @@ def serve(settings: Settings) -> int:
     from service.api import create_app
     from service.logs import configure_logging
     from service.serving.shared import private_directory
-    from service.serving.workers import HttpWorkers, listening_socket
+    from service.serving.workers import HttpWorkers, listening_socket, worker_count
 
     configure_logging(settings.log_level, settings.log_format)
     # The learner thread runs Python between TensorFlow kernels; a shorter GIL switch
     # interval (default 5 ms) bounds how long the event loop waits for it.
     sys.setswitchinterval(0.001)
     workers: HttpWorkers | None = None
-    count = settings.http_worker_count()
+    count = worker_count(settings)
     if count:
         try:
             listener = listening_socket(settings.http_host, settings.http_port)

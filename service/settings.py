@@ -237,17 +237,6 @@ class Settings(BaseSettings):
                 )
         return self
 
-    def http_worker_count(self) -> int:
-        """How many HTTP worker processes a trainer runs (0: its own process serves HTTP)."""
-        if self.role == "predictor":
-            return 0
-        if isinstance(self.http_workers, int):
-            return self.http_workers
-        if self.labels_topic:
-            return 0
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        return 0 if (cpus or 1) < 2 else max(1, (cpus or 1) // 2)
-
     @model_validator(mode="after")
     def _sasl_complete(self) -> Settings:
         if self.security_protocol.startswith("SASL") and not (

@@ -58,21 +58,21 @@ class Forwarder:
     """Forwards a request to the trainer's app on its Unix socket and relays the answer."""
 
     def __init__(self, control_socket: Path, timeout_s: float = 60.0) -> None:
+        self.base = httpx.URL("http://streamfit")
         self.client = httpx.AsyncClient(
-            transport=httpx.AsyncHTTPTransport(uds=str(control_socket)),
-            base_url="http://streamfit",
-            timeout=timeout_s,
+            transport=httpx.AsyncHTTPTransport(uds=str(control_socket)), timeout=timeout_s
         )
 
     async def __call__(self, request: Request) -> Response:
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _DROP_REQUEST]
+        # The path and query exactly as the client sent them (percent-encoded), so the
+        # trainer's app parses what it would have parsed itself.
+        target = request.scope.get("raw_path") or request.url.path.encode()
+        query = request.scope.get("query_string") or b""
+        url = self.base.copy_with(raw_path=target + (b"?" + query if query else b""))
         try:
             answer = await self.client.request(
-                request.method,
-                request.url.path,
-                params=request.url.query,
-                headers=headers,
-                content=await request.body(),
+                request.method, url, headers=headers, content=await request.body()
             )
         except httpx.TransportError as exc:
             return errors.error_response(

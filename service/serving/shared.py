@@ -93,24 +93,34 @@ class SnapshotReader:
 
     def refresh(self) -> bool:
         """Load the file if it changed since the last call; True if a new snapshot is held."""
+        identity = self._changed()
+        if identity is None:
+            return False
+        self._load(identity)
+        return True
+
+    def _changed(self) -> tuple[int, int] | None:
         try:
             status = os.stat(self.path)
         except FileNotFoundError:
-            return False
+            return None
         identity = (status.st_ino, status.st_mtime_ns)
-        if identity == self._identity:
-            return False
+        return None if identity == self._identity else identity
+
+    def _load(self, identity: tuple[int, int]) -> None:
         with open(self.path, "rb") as source:
             data = pickle.load(source)  # written by our own trainer process, never by a client
         self.holder.serve(snapshot_from_portable(data))
         self._identity = identity
-        return True
 
     async def follow(self) -> None:
-        """Refresh every `POLL_S` until cancelled."""
+        """Check every `POLL_S` until cancelled; load on a thread (a model that is not
+        Dense-only brings TensorFlow, seconds to import, which must not stall requests)."""
         while True:
             try:
-                self.refresh()
+                identity = self._changed()
+                if identity is not None:
+                    await asyncio.to_thread(self._load, identity)
             except Exception:
                 log.exception("could not load the served model from the trainer")
             await asyncio.sleep(POLL_S)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import socket
 import subprocess
@@ -36,6 +37,47 @@ METRICS_DIR = "metrics"
 WATCH_S = 0.5
 STOP_GRACE_S = 5.0
 RESTART_PAUSE_S = (0.5, 30.0)  # first pause, cap; doubles while a worker keeps failing
+
+
+def worker_count(settings: Settings) -> int:
+    """How many HTTP worker processes a trainer runs (0: its own process serves HTTP).
+
+    `auto`: half the CPUs this process may use (at least one), none on one CPU, in the
+    predictor role (it has no learner to protect: scale it by replicas) or with delayed labels
+    (which join predictions the trainer's own process made).
+    """
+    if settings.role == "predictor":
+        return 0
+    if isinstance(settings.http_workers, int):
+        return settings.http_workers
+    if settings.labels_topic:
+        return 0
+    cpus = available_cpus()
+    return 0 if cpus < 2 else max(1, cpus // 2)
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: its affinity, bounded by a cgroup CPU quota (a container's
+    CPU limit, e.g. `resources.limits.cpu` in Kubernetes), rounded up."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    quota = cgroup_quota()
+    return max(1, min(cpus or 1, math.ceil(quota) if quota else cpus or 1))
+
+
+def cgroup_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """The CPU quota in CPUs (cgroup v2 `cpu.max`, or v1 `cfs_quota_us`), None if unlimited."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        v1 = root / "cpu"
+        quota_us = int((v1 / "cpu.cfs_quota_us").read_text())
+        period_us = int((v1 / "cpu.cfs_period_us").read_text())
+        return None if quota_us <= 0 else quota_us / period_us
+    except (OSError, ValueError):
+        return None
 
 
 def listening_socket(host: str, port: int, backlog: int = 2048) -> socket.socket:

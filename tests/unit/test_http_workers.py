@@ -1,0 +1,178 @@
+"""The pieces of the HTTP workers without processes of the service: how many, the snapshot
+handed through a file, and the trainer's /metrics with a worker's metrics summed in."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from service import metrics
+from service.checkpoints import Checkpoint
+from service.model.inputs import InputSpec
+from service.model.resolve import portable_config
+from service.model.task import Task
+from service.serving import workers
+from service.serving.shared import SnapshotReader, SnapshotWriter
+from service.serving.snapshot import (
+    SnapshotHolder,
+    build_snapshot,
+    portable,
+    snapshot_from_checkpoint,
+    snapshot_from_portable,
+)
+from service.settings import Settings
+from tests.unit.conftest import servable_state
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize(
+    ("settings", "cpus", "expected"),
+    [
+        ({}, 1, 0),
+        ({}, 2, 1),
+        ({}, 3, 1),
+        ({}, 16, 8),
+        ({"http_workers": 3}, 2, 3),
+        ({"http_workers": 0}, 16, 0),
+        ({"role": "predictor"}, 16, 0),
+        ({"role": "predictor", "http_workers": 2}, 16, 0),
+        ({"labels_topic": "labels"}, 16, 0),
+    ],
+)
+def test_worker_count(
+    settings: dict[str, object], cpus: int, expected: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(workers, "available_cpus", lambda: cpus)
+    assert workers.worker_count(Settings(**settings)) == expected  # type: ignore[arg-type]
+
+
+def test_explicit_workers_with_delayed_labels_are_refused() -> None:
+    with pytest.raises(ValueError, match="LABELS_TOPIC"):
+        Settings(http_workers=2, labels_topic="labels")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        ({"cpu.max": "max 100000\n"}, None),
+        ({"cpu.max": "150000 100000\n"}, 1.5),
+        ({"cpu/cpu.cfs_quota_us": "200000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 2.0),
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+        ({}, None),
+    ],
+)
+def test_a_container_cpu_limit_bounds_the_cpus(
+    files: dict[str, str], expected: float | None, tmp_path: Path
+) -> None:
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert workers.cgroup_quota(tmp_path) == expected
+
+
+def test_the_portable_form_rebuilds_the_same_model() -> None:
+    x = np.random.default_rng(1).standard_normal((9, 18)).astype(np.float32)
+    dense = snapshot_from_checkpoint(Checkpoint(version=4, state=servable_state(), offsets={}))
+    again = snapshot_from_portable(portable(dense))
+    assert (again.version, again.samples_trained, again.task) == (4, 1000, dense.task)
+    np.testing.assert_array_equal(again.predict(x), dense.predict(x))
+
+    model = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(5, activation="elu"), keras.layers.Dense(3)]
+    )
+    inputs = InputSpec.positional(4)
+    task = Task(kind="multiclass", classes=("a", "b", "c"))
+    keras_path = build_snapshot(
+        model.get_weights(), None, np.empty(0), np.empty(0), 2, 10, 1, task, inputs,
+        portable_config(model), spec="pkg.mod:build",
+    )  # fmt: skip
+    again = snapshot_from_portable(portable(keras_path))
+    assert again.runner is not None and again.spec == "pkg.mod:build" and again.task == task
+    np.testing.assert_allclose(again.predict(x[:, :4]), keras_path.predict(x[:, :4]), rtol=1e-6)
+
+
+def test_a_reader_loads_each_snapshot_the_writer_writes_once(tmp_path: Path) -> None:
+    first = snapshot_from_checkpoint(Checkpoint(version=1, state=servable_state(), offsets={}))
+    second = snapshot_from_checkpoint(
+        Checkpoint(version=2, state=servable_state(seed=9), offsets={})
+    )
+    source, served = SnapshotHolder(), SnapshotHolder()
+    writer, reader = SnapshotWriter(source, tmp_path), SnapshotReader(tmp_path, served)
+    assert not reader.refresh() and served.current is None  # nothing written yet
+
+    async def scenario() -> None:
+        writer.start()
+        source.publish(first)
+        await _until(lambda: writer.written == 1)
+        assert reader.refresh() and served.version == 1
+        assert not reader.refresh()  # unchanged: not loaded again
+        source.publish(second)
+        await _until(lambda: writer.written == 2)
+        await asyncio.sleep(0.02)
+        assert writer.written == 2  # the same snapshot is not written twice
+        await writer.stop()
+
+    asyncio.run(scenario())
+    assert reader.refresh() and served.version == 2
+    x = np.ones((3, 18), np.float32)
+    np.testing.assert_array_equal(served.current.predict(x), second.predict(x))  # type: ignore[union-attr]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["snapshot.pickle"]  # no temp left
+
+
+async def _until(condition, timeout_s: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.005)
+
+
+WORKER = """
+from service import metrics
+metrics.HTTP_REQUESTS.labels("/v1/models/{name}:predict", "POST", "200").inc(7)
+metrics.HTTP_REQUESTS.labels("/v2/models/{name}/infer", "POST", "200").inc(2)
+metrics.HTTP_DURATION.labels("/v1/models/{name}:predict", "POST").observe(0.002)
+metrics.PREDICTION_DURATION.observe(0.0003)
+metrics.TRAIN_LOSS.set(123.0)  # not a worker family: must not show
+"""
+
+
+def test_the_trainers_metrics_add_the_workers(tmp_path: Path) -> None:
+    """A worker process records into multiprocess files; the trainer's exposition sums
+    them into its own families, once each, and leaves every other family its own."""
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    subprocess.run([sys.executable, "-c", WORKER], env=env, cwd=ROOT, check=True, timeout=60)
+    route = ("/v1/models/{name}:predict", "POST", "200")
+    metrics.HTTP_REQUESTS.labels(*route).inc(3)
+    ours = _samples(metrics.exposition(None))
+    text = metrics.exposition(tmp_path)
+    summed = _samples(text)
+    key = ("streamfit_http_requests_total", route)
+    assert summed[key] == ours[key] + 7
+    assert (
+        summed[("streamfit_http_requests_total", ("/v2/models/{name}/infer", "POST", "200"))] == 2
+    )
+    count = ("streamfit_prediction_duration_seconds_count", ())
+    assert summed[count] == ours[count] + 1
+    assert summed[("streamfit_train_loss", ())] == ours[("streamfit_train_loss", ())]
+    names = [f.name for f in text_string_to_metric_families(text.decode())]
+    assert len(names) == len(set(names))  # one family each: Prometheus refuses duplicates
+
+
+def _samples(text: bytes) -> dict[tuple[str, tuple[str, ...]], float]:
+    out = {}
+    for family in text_string_to_metric_families(text.decode()):
+        for sample in family.samples:
+            labels = sample.labels
+            key = tuple(labels[k] for k in ("route", "method", "status") if k in labels)
+            if "le" not in labels and not (set(labels) - {"route", "method", "status"}):
+                out[(sample.name, key)] = sample.value
+    return out
