@@ -11,13 +11,15 @@ per request, for the loaded window; the ratio is the loaded rate over the mean u
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
 from bench.contention import CpuWindow
 from bench.latency import generate_load
+from bench.profile import gil_shares, parse_raw, record
 from bench.report import SummaryRow, fmt_int, fmt_ms, table
-from bench.stack import BenchSession, Service, poll_until
+from bench.stack import RESULTS, BenchSession, Service, poll_until
 
 NAME = "concurrency"
 TITLE = "Predictions from 16 connections during a backlog"
@@ -42,6 +44,21 @@ def _rate(service: Service, seconds: float) -> float:
     return (service.learned() - before) / (time.perf_counter() - started)
 
 
+def gil_profile(service: Service, seconds: int) -> dict[str, Any]:
+    """Which threads of the trainer's process hold the GIL under the same load (py-spy
+    `--gil`, sampling only the holder), in a window of its own after the measured ones."""
+    path = RESULTS / f"concurrency-gil-{service.port}.txt"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    load = threading.Thread(target=generate_load, args=(service, seconds + 2, CONNECTIONS))
+    load.start()
+    time.sleep(1)
+    record(service.pid, seconds, path, "raw", "--threads", "--gil")
+    load.join()
+    shares = gil_shares(parse_raw(path), seconds)
+    path.unlink()
+    return shares
+
+
 def point(
     session: BenchSession,
     topic: str,
@@ -50,6 +67,7 @@ def point(
     env: dict[str, str],
     quiet_s: float,
     load_s: float,
+    profile_s: int = 0,
 ) -> dict[str, Any]:
     service = session.service(topic, env=env).start()
     poll_until(lambda: service.learned() > 0, 60, 0.05, "first trained batch")
@@ -62,6 +80,7 @@ def point(
     window = cpu.stop()
     alone_after = _rate(service, quiet_s)
     learned_at_end = service.learned()
+    gil = gil_profile(service, profile_s) if profile_s else None
     service.stop()
     alone = (alone_before + alone_after) / 2
     latency_us, seconds = load["latency_us"], load["duration_us"] / 1e6
@@ -81,6 +100,7 @@ def point(
         "train_ratio": loaded / alone if alone else 0.0,
         "backlog_left": backlog - learned_at_end,
         "cpu": window,
+        "gil": gil,
     }
 
 
@@ -173,5 +193,22 @@ def render(result: dict[str, Any]) -> str:
         )
         + f"\n\nTargets (defaults): p99 <= {TARGET_P99_S * 1e3:.0f} ms and >= "
         f"{TARGET_RPS:.0f} req/s, with the trainer learning >= {TARGET_TRAIN_RATIO} of its "
-        "unloaded rate." + note
+        "unloaded rate." + note + _render_gil(result["points"])
+    )
+
+
+def _render_gil(points: list[dict[str, Any]]) -> str:
+    profiled = [p for p in points if p.get("gil")]
+    if not profiled:
+        return ""
+    threads = sorted({t for p in profiled for t in p["gil"]["held"]})
+    rows = [[t, *[f"{100 * p['gil']['held'].get(t, 0.0):.0f}%" for p in profiled]] for t in threads]
+    rows.append(
+        ["(any thread)", *[f"{100 * sum(p['gil']['held'].values()):.0f}%" for p in profiled]]
+    )
+    return (
+        "\n\nWhere the trainer's process holds the GIL under the same load (py-spy `--gil` "
+        "at 100 Hz in a window of its own after the measured ones; the share of wall time "
+        "each thread held it; `MainThread` is the event loop: consumer, hand-offs and, without "
+        "workers, HTTP):\n\n" + table(["thread", *[p["point"] for p in profiled]], rows)
     )

@@ -75,8 +75,8 @@ def test_workers_serve_the_trainers_model_and_forward_everything_else(
     served = service.get("/model")["served_version"]
     # The label route `stable` is answered by the trainer's own process, from the same
     # served snapshot: the workers' answer must be the same numbers and version.
-    status, mine = service.request("POST", "/v1/models/susy/labels/stable:predict",
-                                   {"instances": X.tolist()})  # fmt: skip
+    stable = "/v1/models/susy/labels/stable:predict"
+    status, mine = service.request("POST", stable, {"instances": X.tolist()})
     assert status == 200, mine
 
     def same() -> dict[str, Any] | None:
@@ -91,8 +91,16 @@ def test_workers_serve_the_trainers_model_and_forward_everything_else(
     status, v2 = service.request(
         "POST",
         "/v2/models/susy/infer",
-        {"inputs": [{"name": "x", "shape": [2, 18], "datatype": "FP32",
-                     "data": X[:2].reshape(-1).tolist()}]},  # fmt: skip
+        {
+            "inputs": [
+                {
+                    "name": "x",
+                    "shape": [2, 18],
+                    "datatype": "FP32",
+                    "data": X[:2].reshape(-1).tolist(),
+                }
+            ]
+        },  # fmt: skip
     )
     assert status == 200, v2
     np.testing.assert_allclose(v2["outputs"][0]["data"], mine["predictions"][:2], rtol=1e-6)
@@ -100,9 +108,11 @@ def test_workers_serve_the_trainers_model_and_forward_everything_else(
     # Bad requests: the same 4xx with a reason as from the trainer's own app.
     status, body = service.request("POST", PREDICT, {"instances": [[1.0, 2.0]]})
     assert status == 422 and "18" in body["error"]
-    status, body = service.request("POST", "/v1/models/other:predict", {"instances": X[:1].tolist()})
+    one = {"instances": X[:1].tolist()}
+    status, body = service.request("POST", "/v1/models/other:predict", one)
     assert status == 404 and "other" in body["error"]
-    status, body = service.request("POST", PREDICT, raw=b"x" * 10, headers={"content-type": "text/plain"})  # fmt: skip
+    plain = {"content-type": "text/plain"}
+    status, body = service.request("POST", PREDICT, raw=b"x" * 10, headers=plain)
     assert status == 415
 
     # Forwarded: information, health, admin, unknown routes.
@@ -142,8 +152,10 @@ def test_workers_follow_a_pin(trained: ServiceProcess) -> None:
     status, body = service.request("POST", f"/admin/pin/{oldest}", headers=ADMIN)
     assert status == 200, body
     wait_for(
-        lambda: service.request("POST", PREDICT, {"instances": X[:1].tolist()})[1]["model_version"]
-        == oldest,
+        lambda: (
+            service.request("POST", PREDICT, {"instances": X[:1].tolist()})[1]["model_version"]
+            == oldest
+        ),
         10,
         what=f"workers serving pinned version {oldest}",
     )
