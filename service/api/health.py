@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.loopwatch import LoopWatch
-from service.serving.dataplane import DataPlane, liveness
+from service.serving.dataplane import liveness
+
+
+class Readiness(Protocol):
+    """What answers `/readyz`: the data plane, or the scorer."""
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]: ...
 
 
 class HealthEndpoints:
-    def __init__(self, dataplane: DataPlane, loopwatch: LoopWatch, started_at: float) -> None:
+    def __init__(self, dataplane: Readiness, loopwatch: LoopWatch, started_at: float) -> None:
         self.dataplane = dataplane
         self.loopwatch = loopwatch
         self.started_at = started_at
