@@ -31,6 +31,7 @@ NAMES = (
     "profile",
     "export",
     "challenger",
+    "scoring",
 )
 ROOT = machine.ROOT
 RESULTS = ROOT / "bench" / "results"
