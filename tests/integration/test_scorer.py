@@ -27,10 +27,14 @@ import pytest
 
 from service.broker import EmbeddedBroker, free_port
 from service.checkpoints import Checkpoint, CheckpointStore
+from service.model.inputs import InputSpec
+from service.model.task import Task
 from service.producer import synthetic_pairs
 from tests.support import (
     ServiceProcess,
+    consume_all,
     predictions_by_key,
+    produce_pairs,
     produce_synthetic,
     read_to_end,
     run_cli,
@@ -301,3 +305,102 @@ def test_transactional_scorers_read_committed_once(
         produce_synthetic(bootstrap, topic, rows=rows, partitions=4, seed=seed)
 
     transactional_scorers_survive_a_kill(bootstrap, produce, scorers, tmp_path, strict=True)
+
+
+NAMES = ("a", "b", "c")
+CLASSES = ("cat", "dog", "eel")
+FORMATS = ("named-json-multiclass", "csv-regression", "avro-binary")
+
+
+def save_task_model(directory: Path, task: Task, inputs: InputSpec) -> None:
+    """A one-layer model for `task` on 3 features, as a trainer would checkpoint it."""
+    rng = np.random.default_rng(5)
+    state = {
+        "weights": [rng.standard_normal((3, task.outputs)), np.zeros(task.outputs)],
+        "activations": [{"multiclass": "softmax", "binary": "sigmoid"}.get(task.kind, "linear")],
+        "optimizer": [],
+        "model_state": [],
+        "standardizer": {"count": 100, "mean": np.zeros(3), "m2": 100 * np.ones(3)},
+        "samples_trained": 100,
+        "batches_trained": 1,
+        "num_features": 3,
+        "model": {"task": task.state(), "inputs": inputs.state(), "spec": "linear"},
+    }
+    CheckpointStore(directory).save(Checkpoint(version=1, state=state, offsets={}))
+
+
+@pytest.mark.parametrize("case", FORMATS)
+def test_every_format_and_task_scores_as_training_reads_it(
+    case: str,
+    broker: EmbeddedBroker,
+    schema_registry: Any,
+    scorers: Callable[..., ServiceProcess],
+    tmp_path: Path,
+) -> None:
+    """Named JSON (multiclass), CSV (regression) and Avro (binary) records: one JSON
+    prediction with the task's fields per good record, unlabelled ones included, and the bad
+    one in the dead-letter topic."""
+    topic, group = unique("events"), unique("scorers")
+    rng = np.random.default_rng(1)
+    rows = rng.standard_normal((40, 3)).tolist()
+    settings: dict[str, str] = {}
+    pairs: list[tuple[bytes | None, bytes | None]]
+    if case == "named-json-multiclass":
+        task, inputs = Task("multiclass", CLASSES), InputSpec.positional(3, NAMES)
+        settings = {"message_format": "json", "task": "multiclass", "classes": ",".join(CLASSES)}
+        settings["features"] = ",".join(NAMES)
+        objects = [
+            dict(zip(NAMES, row, strict=True)) | {"label": CLASSES[i % 3]}
+            for i, row in enumerate(rows)
+        ]
+        objects[0].pop("label")  # unlabelled: scored
+        pairs = [(None, json.dumps(o).encode()) for o in objects]
+        pairs.append((None, json.dumps({"a": "x", "b": 1, "c": 2, "label": "cat"}).encode()))
+        fields = {"probabilities", "class", "label", "model_version"}
+    elif case == "csv-regression":
+        task, inputs = Task("regression", ()), InputSpec.positional(3)
+        settings = {"task": "regression", "num_features": "3"}
+        pairs = [(f"{row[0]:.3f}".encode(), ",".join(map(repr, row)).encode()) for row in rows]
+        pairs.append((b"1.0", b"1.0,2.0"))  # wrong width
+        fields = {"prediction", "label", "model_version"}
+    else:
+        import fastavro
+
+        from service.avro import encode
+
+        task, inputs = Task(), InputSpec.positional(3, NAMES)
+        schema = {
+            "type": "record",
+            "name": "Row",
+            "fields": [
+                *({"name": n, "type": "double"} for n in NAMES),
+                {"name": "label", "type": "long"},
+            ],
+        }
+        schema_id = schema_registry.register(f"{topic}-value", schema)
+        parsed = fastavro.parse_schema(schema)
+        objects = [
+            dict(zip(NAMES, row, strict=True)) | {"label": i % 2} for i, row in enumerate(rows)
+        ]
+        pairs = [(None, encode(schema_id, parsed, o)) for o in objects]
+        pairs.append((None, b"\x00\x00\x00\x99\x99"))  # an unknown schema id
+        settings = {
+            "message_format": "avro",
+            "schema_registry_url": schema_registry.url,
+            "features": ",".join(NAMES),
+        }
+        fields = {"probability", "label", "model_version"}
+    save_task_model(tmp_path / "checkpoints", task, inputs)
+    produce_pairs(broker.bootstrap, topic, pairs, partitions=2)
+    scorer = scorers(broker.bootstrap, topic, group, **settings)
+    wait_for(lambda: scored_total(scorer) == len(rows), scorer.join_timeout_s + 30, what="scored")
+    records = consume_all(broker.bootstrap, f"{topic}.predictions", len(rows))
+    values = [json.loads(r.value) for r in records]
+    assert len({r.key for r in records}) == len(rows)
+    assert all(set(v) == fields and v["model_version"] == 1 for v in values)
+    if task.kind == "multiclass":
+        assert all(v["class"] in CLASSES for v in values)
+        assert sum(v["label"] is None for v in values) == 1
+    dead = consume_all(broker.bootstrap, f"{topic}.dlq", 1)
+    assert [r.value for r in dead] == [pairs[-1][1]]
+    assert scorer.terminate() == 0
