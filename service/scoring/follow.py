@@ -30,15 +30,10 @@ from aiokafka.errors import KafkaError, ProducerFenced
 from service import metrics
 from service.codec import Codec
 from service.kafka.clients import new_consumer
-from service.kafka.topics import ensure_topic
+from service.kafka.topics import ensure_topic, topic_partitions
+from service.scoring.errors import ScoringError
 from service.scoring.fencing import PartitionTransactions
-from service.scoring.output import (
-    AfterWrite,
-    TransactionMode,
-    WriteThenCommit,
-    open_producer,
-    track_topics,
-)
+from service.scoring.output import AfterWrite, TransactionMode, WriteThenCommit, open_producer
 from service.scoring.predictions import PartitionOutput, ScoredBatch, codec_for, score_records
 from service.serving.snapshot import ModelSnapshot, SnapshotHolder
 from service.settings import Settings
@@ -148,6 +143,8 @@ class Handover(ConsumerRebalanceListener):
         self.owned = owned
         self.writer = writer
         self.lag = lag
+        # aiokafka logs and swallows a listener's exception: the loop raises it instead.
+        self.error: BaseException | None = None
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         if not revoked:
@@ -168,6 +165,9 @@ class Handover(ConsumerRebalanceListener):
         try:
             await self.writer.acquire(assigned)
             self.owned.update(assigned)
+        except Exception as exc:
+            self.error = exc
+            raise
         finally:
             self.consumer.resume(*assigned)
         log.info("partitions assigned", extra={"partitions": _names(assigned)})
@@ -258,7 +258,6 @@ class StreamScorer:
         batch run uses); in follow mode the writes go through per-partition ids.
         """
         options = self.settings.kafka_client_options()
-        await self._ensure_output_topic(options)
         producer, transactional = await open_producer(
             options,
             "streamfit-scorer",
@@ -266,8 +265,8 @@ class StreamScorer:
             self.job.transactions,
         )
         if not transactional:
-            await track_topics(producer, [self.job.output_topic, self.job.dead_letter_topic])
-            return WriteThenCommit(producer, self.after_write)
+            topics = [self.job.output_topic, self.job.dead_letter_topic]
+            return WriteThenCommit(producer, self.after_write, topics)
         await producer.stop()
         return PartitionTransactions(
             options,
@@ -277,9 +276,14 @@ class StreamScorer:
             self.after_write,
         )
 
-    async def _ensure_output_topic(self, options: dict[str, Any]) -> None:
+    async def _ensure_output_topic(self, consumer: AIOKafkaConsumer) -> None:
+        """The output topic, with as many partitions as the input (one if it is not there),
+        before any producer looks it up (a broker may auto-create it otherwise)."""
         try:
-            await ensure_topic(options, self.job.output_topic, 1)
+            partitions = len(await topic_partitions(consumer, self.job.topic))
+            await ensure_topic(
+                self.settings.kafka_client_options(), self.job.output_topic, max(partitions, 1)
+            )
         except Exception as exc:  # best effort: brokers that auto-create topics still work
             log.warning(
                 "could not create the output topic; relying on auto-creation",
@@ -306,10 +310,9 @@ class StreamScorer:
         )
         self._consumer = consumer
         await consumer.start()
-        consumer.subscribe(
-            [self.job.topic],
-            listener=Handover(consumer, self._in_flight, self.owned, self._writer, self.lag),
-        )
+        await self._ensure_output_topic(consumer)
+        handover = Handover(consumer, self._in_flight, self.owned, self._writer, self.lag)
+        consumer.subscribe([self.job.topic], listener=handover)
         self.subscribed = True
         log.info(
             "scoring",
@@ -322,6 +325,11 @@ class StreamScorer:
         )
         while not self._stopping.is_set():
             batches = await consumer.getmany(timeout_ms=POLL_MS, max_records=self.job.batch_size)
+            if handover.error is not None:
+                raise ScoringError(
+                    f"cannot take over partitions: {type(handover.error).__name__}: "
+                    f"{handover.error}"
+                ) from handover.error
             async with self._in_flight:
                 records = [r for tp, part in batches.items() if tp in self.owned for r in part]
                 if records:

@@ -183,7 +183,7 @@ async def write_all(
         after_write()
 
 
-async def track_topics(producer: AIOKafkaProducer, topics: list[str]) -> None:
+async def track_topics(producer: AIOKafkaProducer, topics: Collection[str]) -> None:
     """Keep `topics` in the producer's metadata (see `Output.track`)."""
     for topic in topics:
         await producer.client.add_topic(topic)
@@ -199,9 +199,15 @@ class WriteThenCommit:
 
     transactional = False
 
-    def __init__(self, producer: AIOKafkaProducer, after_write: AfterWrite | None = None) -> None:
+    def __init__(
+        self,
+        producer: AIOKafkaProducer,
+        after_write: AfterWrite | None = None,
+        topics: Collection[str] = (),
+    ) -> None:
         self.producer = producer
         self.after_write = after_write
+        self._untracked = list(topics)  # the output and dead-letter topics, tracked once
 
     async def acquire(self, partitions: Collection[TopicPartition]) -> None:
         return None
@@ -212,6 +218,9 @@ class WriteThenCommit:
     async def publish(
         self, consumer: AIOKafkaConsumer, parts: Mapping[TopicPartition, PartitionOutput]
     ) -> None:
+        if self._untracked:
+            await track_topics(self.producer, self._untracked)
+            self._untracked = []
         messages = [m for part in parts.values() for m in part.messages]
         await write_all(self.producer, messages, self.after_write)
         await commit_offsets(consumer, {tp: part.next_offset for tp, part in parts.items()})

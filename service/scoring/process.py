@@ -104,13 +104,17 @@ async def run_scorer(settings: Settings, job: ScoreJob, after_write: AfterWrite 
     serving = asyncio.create_task(server.serve(), name="streamfit-scorer-http")
     status = 0
     try:
-        await runtime.start()
+        try:
+            await runtime.start()
+        except Exception as exc:  # Kafka unreachable, a refused transaction mode, ...
+            log.error("start-up failed: %s: %s", type(exc).__name__, exc)
+            return 1
         stopped = asyncio.create_task(stop.wait())
         await asyncio.wait({stopped, runtime.scorer.finished}, return_when=asyncio.FIRST_COMPLETED)
         stopped.cancel()
         if runtime.scorer.finished.done():
             error = runtime.scorer.finished.exception()
-            log.error("scoring failed", extra={"error": f"{type(error).__name__}: {error}"})
+            log.error("scoring failed: %s: %s", type(error).__name__, error)
             status = 1
         else:
             log.info("stopping: finishing the batch in flight, then leaving the group")

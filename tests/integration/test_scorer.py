@@ -169,6 +169,7 @@ def test_live_stream_scored_once_through_kill_restart_and_model_change(
 
     _, ends, committed = read_to_end(broker.bootstrap, topic, group=group)
     assert committed == ends
+    assert len(read_to_end(broker.bootstrap, output)[1]) == 3  # as many partitions as the input
     # The scorer group's lag, its topic taken from SCORE_TOPIC as the scorer's is.
     lag = run_cli(
         ["lag", "--group", group],
@@ -404,3 +405,18 @@ def test_every_format_and_task_scores_as_training_reads_it(
     dead = consume_all(broker.bootstrap, f"{topic}.dlq", 1)
     assert [r.value for r in dead] == [pairs[-1][1]]
     assert scorer.terminate() == 0
+
+
+def test_follow_with_transactions_on_stops_where_the_broker_refuses_them(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    save_model(tmp_path / "checkpoints", 1)
+    args = ["score", "--follow", "--topic", unique("events"), "--group", unique("scorers")]
+    args += ["--transactions", "on", "--score-http-port", str(free_port())]
+    env = {
+        "STREAMFIT_KAFKA_BOOTSTRAP": broker.bootstrap,
+        "STREAMFIT_CHECKPOINT_DIR": str(tmp_path / "checkpoints"),
+    }
+    result = run_cli(args, env, timeout_s=60)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "refused transactions" in result.stderr
