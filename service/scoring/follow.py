@@ -324,7 +324,15 @@ class StreamScorer:
             },
         )
         while not self._stopping.is_set():
-            batches = await consumer.getmany(timeout_ms=POLL_MS, max_records=self.job.batch_size)
+            try:
+                batches = await consumer.getmany(
+                    timeout_ms=POLL_MS, max_records=self.job.batch_size
+                )
+            except KafkaError as exc:  # e.g. a failed group join: aiokafka joins again
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("polling failed; retrying", extra={"error": self.last_error})
+                await asyncio.sleep(RETRY_S)
+                continue
             if handover.error is not None:
                 raise ScoringError(
                     f"cannot take over partitions: {type(handover.error).__name__}: "

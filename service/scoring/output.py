@@ -15,7 +15,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from service.kafka.clients import new_producer
 from service.kafka.commits import commit_offsets
-from service.kafka.dead_letters import OutgoingMessage, send_messages
+from service.kafka.dead_letters import OutgoingMessage, send_in_batches
 from service.scoring.errors import ScoringError
 from service.scoring.predictions import PartitionOutput
 from service.settings import FAULT_SCORE_EXIT_AFTER_WRITE
@@ -183,7 +183,7 @@ async def write_all(
     after_write: AfterWrite | None = None,
 ) -> None:
     """Send `messages` and wait until the broker has every one; then the fault hook, if set."""
-    await asyncio.gather(*await send_messages(producer, messages))
+    await asyncio.gather(*await send_in_batches(producer, messages))
     if after_write is not None:
         after_write()
 
