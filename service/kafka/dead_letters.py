@@ -5,7 +5,8 @@ A dead letter carries the original key and value and the headers `error` (`<reas
 512 KiB is cut to 512 KiB and gets an `original.bytes` header: a copy of a record near the
 broker's size limit, plus headers, would not fit in a produce request, and a dead letter that
 can never be written would stop the stream it protects. The trainer and `streamfit score` both
-build their dead letters here and write them with `send_messages`.
+build their dead letters here; the trainer writes them with `send_messages`, the scorer with
+its predictions as record batches (`send_in_batches`).
 """
 
 from __future__ import annotations
