@@ -30,6 +30,7 @@ from service.checkpoints import Checkpoint, CheckpointStore
 from service.model.inputs import InputSpec
 from service.model.task import Task
 from service.producer import synthetic_pairs
+from service.scoring import CRASH_EXIT_CODE
 from tests.support import (
     ServiceProcess,
     consume_all,
@@ -97,7 +98,9 @@ def scorers(tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
     """Start scorer processes (`streamfit serve` with ROLE=scorer); all stopped at teardown."""
     started: list[ServiceProcess] = []
 
-    def make(bootstrap: str, topic: str, group: str, **settings: object) -> ServiceProcess:
+    def make(
+        bootstrap: str, topic: str, group: str, wait_ready: bool = True, **settings: object
+    ) -> ServiceProcess:
         port = str(free_port())
         env = {
             "STREAMFIT_KAFKA_BOOTSTRAP": bootstrap,
@@ -113,7 +116,7 @@ def scorers(tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
         env.update({f"STREAMFIT_{k.upper()}": str(v) for k, v in settings.items()})
         scorer = ServiceProcess(env, tmp_path / f"scorer-{len(started)}.log")
         started.append(scorer)
-        return scorer.start()
+        return scorer.start(wait_ready=wait_ready)
 
     yield make
     for scorer in started:
@@ -428,3 +431,39 @@ def test_follow_with_transactions_on_stops_where_the_broker_refuses_them(
     result = run_cli(args, env, timeout_s=60)
     assert result.returncode == 1, result.stderr[-2000:]
     assert "refused transactions" in result.stderr
+
+
+def test_a_crash_between_write_and_commit_rescores_only_that_batch(
+    broker: EmbeddedBroker, scorers: Callable[..., ServiceProcess], tmp_path: Path
+) -> None:
+    """The fault hook exits the scorer after its first batch is written and acknowledged,
+    before its offsets are committed: the next scorer writes that batch again, same values."""
+    topic, group = unique("events"), unique("scorers")
+    output = f"{topic}.predictions"
+    save_model(tmp_path / "checkpoints", 1)
+    produce_synthetic(broker.bootstrap, topic, rows=1000, partitions=2, seed=4)
+    crashing = scorers(
+        broker.bootstrap,
+        topic,
+        group,
+        wait_ready=False,  # it may exit before /readyz is asked
+        batch_size=100,
+        fault_score_exit_after_write=1,
+    )
+    assert crashing.process is not None
+    assert crashing.process.wait(timeout=crashing.join_timeout_s + 30) == CRASH_EXIT_CODE
+    written = read_to_end(broker.bootstrap, output)[0]
+    assert 0 < len(written) <= 100
+    assert set(read_to_end(broker.bootstrap, topic, group=group)[2].values()) == {None}
+
+    scorer = scorers(broker.bootstrap, topic, group, batch_size=100)
+    inputs = input_keys(broker.bootstrap, topic)
+    wait_for(
+        lambda: set(predictions_by_key(read_to_end(broker.bootstrap, output)[0])) == inputs,
+        scorer.join_timeout_s + 30,
+        what="1k records scored",
+    )
+    records = read_to_end(broker.bootstrap, output)[0]
+    assert len(records) == len(inputs) + len(written)
+    assert all(len(v) == 1 for v in predictions_by_key(records).values())
+    assert scorer.terminate() == 0
