@@ -32,6 +32,7 @@ NAMES = (
     "profile",
     "export",
     "challenger",
+    "scoring",
 )
 ROOT = machine.ROOT
 RESULTS = ROOT / "bench" / "results"

@@ -66,8 +66,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from service.model.startup import check_model
 
     settings = _settings_from(args)
+    if settings.role == "scorer":
+        return follow(settings)
     check_model(settings)
     return serve(settings)
+
+
+def follow(settings: Settings, **job: Any) -> int:
+    """Run a scorer (`ROLE=scorer`, `score --follow`) until SIGTERM; its model comes from the
+    checkpoints, so the configured model is not checked."""
+    from service.logs import configure_logging
+    from service.scoring import crash_hook_from_env
+    from service.scoring.follow import ScoreJob
+    from service.scoring.process import serve_scorer
+
+    configure_logging(settings.log_level, settings.log_format)
+    return serve_scorer(settings, ScoreJob.of(settings, **job), crash_hook_from_env())
 
 
 def serve(settings: Settings) -> int:
@@ -219,8 +233,13 @@ def cmd_lag(args: argparse.Namespace) -> int:
     from service.kafka.lag import format_table, group_lag
 
     settings = _settings_from(args)
+    default = (
+        settings.score_topic
+        if settings.score_topic and args.group == settings.score_group_id
+        else settings.train_topic
+    )
     rows = asyncio.run(
-        group_lag(settings.kafka_client_options(), args.group, args.topic or settings.train_topic)
+        group_lag(settings.kafka_client_options(), args.group, args.topic or default)
     )
     print(format_table(args.group, rows))
     return 0
@@ -329,8 +348,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     lag_parser = commands.add_parser("lag", help="consumer-group lag per partition")
     lag_parser.add_argument("--group", required=True)
-    lag_parser.add_argument("--topic", help="default: STREAMFIT_TRAIN_TOPIC")
-    _add_setting_flags(lag_parser, only=(*KAFKA_SETTINGS, "train_topic"))
+    lag_parser.add_argument(
+        "--topic",
+        help="default: STREAMFIT_SCORE_TOPIC for the scorer group (SCORE_GROUP_ID), "
+        "else STREAMFIT_TRAIN_TOPIC",
+    )
+    _add_setting_flags(
+        lag_parser, only=(*KAFKA_SETTINGS, "train_topic", "score_topic", "score_group_id")
+    )
     lag_parser.set_defaults(func=cmd_lag)
 
     worker_parser = commands.add_parser("http-worker")  # started by serve; not listed
@@ -402,11 +427,21 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    """`streamfit score`: exactly-once batch inference for a consumer group."""
+    """`streamfit score`: exactly-once batch inference for a consumer group; with `--follow`,
+    continuous scoring until SIGTERM."""
     from service.logs import configure_logging
     from service.scoring import ScoringError, crash_hook_from_env, format_score_report, score
 
     settings = _settings_from(args)
+    if args.follow:
+        return follow(
+            settings,
+            topic=args.topic,
+            group_id=args.group,
+            output_topic=args.output_topic,
+            transactions=args.transactions,
+            batch_size=args.batch_size,
+        )
     configure_logging(settings.log_level, settings.log_format)
     try:
         report = score(
@@ -414,7 +449,7 @@ def cmd_score(args: argparse.Namespace) -> int:
             args.topic,
             args.group,
             args.output_topic,
-            args.transactions,
+            args.transactions or "auto",
             args.batch_size,
             progress=not args.quiet,
             after_write=crash_hook_from_env(),
@@ -464,10 +499,27 @@ def add_batch_commands(commands: Any) -> None:
     score_parser.add_argument(
         "--transactions",
         choices=("auto", "on", "off"),
-        default="auto",
-        help="Kafka transactions: auto tries them and falls back to write-then-commit",
+        default=None,
+        help="Kafka transactions: auto (default) tries them and falls back to write-then-commit",
+    )
+    score_parser.add_argument(
+        "--follow",
+        action="store_true",
+        help="keep scoring new records until SIGTERM, in the group with other scorers "
+        "(health and metrics on SCORE_HTTP_PORT)",
     )
     score_parser.add_argument("--batch-size", type=int, help="default: STREAMFIT_BATCH_SIZE")
     score_parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_setting_flags(score_parser, only=(*BATCH_SETTINGS, "dlq_topic"))
+    _add_setting_flags(
+        score_parser,
+        only=(
+            *BATCH_SETTINGS,
+            "dlq_topic",
+            "http_host",
+            "score_http_port",
+            "session_timeout_ms",
+            "group_instance_id",
+            "predictor_reload_s",
+        ),
+    )
     score_parser.set_defaults(func=cmd_score)

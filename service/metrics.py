@@ -163,6 +163,16 @@ EXPORT_DURATION = Histogram(
 EXPORT_FAILURES = Counter(
     "streamfit_export_failures", "Exports that failed (training and checkpoints go on)"
 )
+RECORDS_SCORED = Counter(
+    "streamfit_records_scored",
+    "Predictions the scorer (ROLE=scorer, `score --follow`) wrote to its output topic",
+)
+SCORE_LAG = Gauge(
+    "streamfit_score_lag",
+    "Records of an input partition the scorer group has not scored yet (not the trainer's "
+    "streamfit_consumer_lag)",
+    ["group", "topic", "partition"],
+)
 
 
 # What an HTTP worker process records (service.serving.workers); the trainer adds these.

@@ -29,8 +29,8 @@ ENV_PREFIX = "STREAMFIT_"
 # one moment. They are not settings (no flag, nothing in Settings) and do nothing unless set.
 FAULT_SCORE_EXIT_AFTER_WRITE = "STREAMFIT_FAULT_SCORE_EXIT_AFTER_WRITE"
 FAULT_HOOKS = {
-    FAULT_SCORE_EXIT_AFTER_WRITE: "`streamfit score` exits (code 86) after writing its first "
-    "batch and before committing its offsets",
+    FAULT_SCORE_EXIT_AFTER_WRITE: "`streamfit score` (also with --follow, and the scorer role) "
+    "exits (code 86) after writing its first batch and before committing its offsets",
 }
 
 # Kubernetes service-link variables of a Service named `streamfit` (STREAMFIT_SERVICE_HOST,
@@ -100,7 +100,14 @@ class Settings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int = Field(8000, ge=0, le=65535)
     max_request_bytes: int = Field(4_000_000, ge=1024)
-    role: Literal["all", "trainer", "predictor"] = "all"
+    role: Literal["all", "trainer", "predictor", "scorer"] = "all"
+    # The scorer role (service.scoring.follow): SCORE_TOPIC's records for SCORE_GROUP_ID's
+    # group, predictions to SCORE_OUTPUT_TOPIC (default <SCORE_TOPIC>.predictions).
+    score_topic: str | None = Field(None, max_length=249, pattern=r"^[A-Za-z0-9._-]+$")
+    score_group_id: str | None = Field(None, min_length=1)
+    score_output_topic: str | None = Field(None, max_length=249, pattern=r"^[A-Za-z0-9._-]+$")
+    score_transactions: Literal["auto", "on", "off"] = "auto"
+    score_http_port: int = Field(8001, ge=0, le=65535)
     api_key: str | None = Field(None, repr=False)
     # Bearer keys for the :predict and infer routes (comma-separated; none: open).
     predict_api_keys: Annotated[tuple[str, ...], NoDecode] = Field((), repr=False)
@@ -235,6 +242,18 @@ class Settings(BaseSettings):
                     "STREAMFIT_HTTP_WORKERS cannot be used with STREAMFIT_LABELS_TOPIC: delayed "
                     "labels join predictions the trainer's own process made (set it to 0)"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _scorer_has_its_job(self) -> Settings:
+        if self.role == "scorer":
+            missing = [
+                f"STREAMFIT_{name.upper()}"
+                for name in ("score_topic", "score_group_id")
+                if not getattr(self, name)
+            ]
+            if missing:
+                raise ValueError(f"STREAMFIT_ROLE=scorer needs {' and '.join(missing)}")
         return self
 
     @model_validator(mode="after")

@@ -8,6 +8,7 @@ import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -69,6 +70,18 @@ def service_factory(
     yield make
     for service in started:
         service.stop()
+
+
+@pytest.fixture
+def mock_cluster() -> Iterator[tuple[str, Any]]:
+    """librdkafka's in-process mock cluster: its bootstrap address and the client owning it."""
+    confluent_kafka = pytest.importorskip("confluent_kafka")
+    owner = confluent_kafka.Producer(
+        {"test.mock.num.brokers": 1, "bootstrap.servers": "unused:1", "log_level": 0}
+    )
+    broker = next(iter(owner.list_topics(timeout=10).brokers.values()))
+    yield f"{broker.host}:{broker.port}", owner
+    owner.flush(5)
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from service.broker import free_port
 from service.checkpoints import Checkpoint
@@ -298,3 +299,78 @@ def write_raw(
             await producer.stop()
 
     asyncio.run(run())
+
+
+def run_cli(
+    args: list[str], env: dict[str, str], timeout_s: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """`python -m service ...` with only the given STREAMFIT_ settings."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("STREAMFIT_")}
+    return subprocess.run(
+        [sys.executable, "-m", "service", *args],
+        env={**clean, "STREAMFIT_LOG_FORMAT": "text", **env},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+
+
+def read_to_end(
+    bootstrap: str,
+    topic: str,
+    group: str | None = None,
+    read_committed: bool = False,
+    check_crcs: bool = True,
+) -> tuple[list[Any], dict[int, int], dict[int, int | None]]:
+    """Every record of `topic` up to each partition's high watermark, the ends, and (with a
+    group) that group's committed offsets."""
+
+    async def run() -> tuple[list[Any], dict[int, int], dict[int, int | None]]:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap,
+            group_id=group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed" if read_committed else "read_uncommitted",
+            check_crcs=check_crcs,
+        )
+        await consumer.start()
+        try:
+            cluster = await consumer._client.fetch_all_metadata()  # noqa: SLF001
+            tps = [
+                TopicPartition(topic, p) for p in sorted(cluster.partitions_for_topic(topic) or ())
+            ]
+            assert tps, f"no topic {topic}"
+            committed = {tp.partition: await consumer.committed(tp) for tp in tps} if group else {}
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            records: list[Any] = []
+            ends: dict[int, int] = {}
+            for _ in range(200):
+                batches = await consumer.getmany(timeout_ms=300)
+                for part in batches.values():
+                    records.extend(part)
+                for tp in tps:
+                    end = (
+                        consumer.last_stable_offset(tp)
+                        if read_committed
+                        else consumer.highwater(tp)
+                    )
+                    if end is not None and await consumer.position(tp) >= end:
+                        ends[tp.partition] = end
+                if len(ends) == len(tps):
+                    return records, ends, committed
+            raise AssertionError(f"could not read {topic} to its end")
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(run())
+
+
+def predictions_by_key(records: list[Any]) -> dict[str, set[bytes]]:
+    """Output key -> the distinct values written under it."""
+    values: dict[str, set[bytes]] = {}
+    for record in records:
+        values.setdefault(record.key.decode(), set()).add(record.value)
+    return values

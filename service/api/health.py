@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
@@ -11,13 +11,19 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from service.loopwatch import LoopWatch
 from service.metrics import exposition
-from service.serving.dataplane import DataPlane, liveness
+from service.serving.dataplane import liveness
+
+
+class Readiness(Protocol):
+    """What answers `/readyz`: the data plane, or the scorer."""
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]: ...
 
 
 class HealthEndpoints:
     def __init__(
         self,
-        dataplane: DataPlane,
+        dataplane: Readiness,
         loopwatch: LoopWatch,
         started_at: float,
         workers_metrics: Path | None = None,

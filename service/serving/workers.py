@@ -43,10 +43,11 @@ def worker_count(settings: Settings) -> int:
     """How many HTTP worker processes a trainer runs (0: its own process serves HTTP).
 
     `auto`: half the CPUs this process may use (at least one), none on one CPU, in the
-    predictor role (it has no learner to protect: scale it by replicas) or with delayed labels
-    (which join predictions the trainer's own process made).
+    predictor role (it has no learner to protect: scale it by replicas; the scorer serves only
+    health and metrics) or with delayed labels (which join predictions the trainer's own
+    process made).
     """
-    if settings.role == "predictor":
+    if settings.role in ("predictor", "scorer"):
         return 0
     if isinstance(settings.http_workers, int):
         return settings.http_workers

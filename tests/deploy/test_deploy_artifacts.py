@@ -610,8 +610,17 @@ def test_compose_matches_the_compose_spec_schema(compose: dict[str, Any]) -> Non
 
 
 # The long-running streamfit services of the compose stack, by role: one trains (and
-# serves), one only serves; they share checkpoints through the MinIO bucket.
-COMPOSE_STREAMFIT_ROLES = {"streamfit": "all", "predictor": "predictor"}
+# serves), one only serves, one scores a topic; they share checkpoints through the MinIO
+# bucket.
+COMPOSE_STREAMFIT_ROLES = {"streamfit": "all", "predictor": "predictor", "scorer": "scorer"}
+
+
+def http_port(env: dict[str, str]) -> int:
+    """Where a streamfit process answers health and metrics: SCORE_HTTP_PORT for a scorer,
+    HTTP_PORT for the other roles (each with its default)."""
+    if env.get("STREAMFIT_ROLE") == "scorer":
+        return int(env.get("STREAMFIT_SCORE_HTTP_PORT", 8001))
+    return int(env.get("STREAMFIT_HTTP_PORT", 8000))
 
 
 def test_compose_wiring(compose: dict[str, Any]) -> None:
@@ -802,7 +811,7 @@ def test_compose_prometheus_and_grafana(compose: dict[str, Any], app_routes) -> 
     assert targets == [f"streamfit:{port}"]
     # Every streamfit process of the stack is scraped, each in a job of its own.
     for name in COMPOSE_STREAMFIT_ROLES:
-        port = compose_environment(services[name]).get("STREAMFIT_HTTP_PORT", "8000")
+        port = http_port(compose_environment(services[name]))
         scraped = [
             job_name
             for job_name, job in jobs.items()
@@ -1276,7 +1285,8 @@ def check_shared_volume_checkpoints(objects: list[dict[str, Any]]) -> None:
     (claim,) = by_kind(objects, "PersistentVolumeClaim").values()
     assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
     assert not trainer["spec"].get("volumeClaimTemplates")
-    for obj, read_only in ((trainer, False), (predictor, True)):
+    scorer = by_kind(objects, "Deployment")["streamfit-scorer"]
+    for obj, read_only in ((trainer, False), (predictor, True), (scorer, True)):
         pod = obj["spec"]["template"]["spec"]
         volume = next(
             v
@@ -1355,11 +1365,10 @@ def test_k8s_pod_security_and_lifecycle(
     k8s: list[dict[str, Any]], app_routes: dict[str, set[str]]
 ) -> None:
     templates = list(pod_templates(k8s))
-    assert len(templates) == 2
-    config = generated(k8s, "ConfigMap", "streamfit-config")
-    http_port = int(config["data"].get("STREAMFIT_HTTP_PORT", 8000))
+    assert len(templates) == 3
     for obj, template in templates:
         where = f"{obj['kind']}/{obj['metadata']['name']}"
+        port = http_port(workload_environment(obj, k8s))
         pod = template["spec"]
         assert pod.get("enableServiceLinks") is False, (
             f"{where}: service links inject STREAMFIT_* look-alike variables"
@@ -1404,7 +1413,7 @@ def test_k8s_pod_security_and_lifecycle(
                 assert quantity(resources["requests"][key]) <= quantity(resources["limits"][key])
             # Probes: real GET routes, on the declared http port.
             ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
-            assert ports.get("http") == http_port, f"{cwhere}: http port != {http_port}"
+            assert ports.get("http") == port, f"{cwhere}: http port != {port}"
             for probe_name in ("livenessProbe", "readinessProbe"):
                 assert probe_name in c, f"{cwhere}: no {probe_name}"
             expected = {
@@ -1444,7 +1453,11 @@ def test_k8s_prometheus_operator_servicemonitor(
         for name, svc in by_kind(k8s, "Service").items()
         if selector_matches(spec["selector"], svc["metadata"].get("labels", {}))
     }
-    assert set(selected) == {"streamfit-trainer", "streamfit-predictor"}, sorted(selected)
+    assert set(selected) == {
+        "streamfit-trainer",
+        "streamfit-predictor",
+        "streamfit-scorer",
+    }, sorted(selected)
     endpoint_keys = {
         "port",
         "targetPort",
@@ -1606,3 +1619,46 @@ def test_every_streamfit_variable_is_a_setting(setting_env_names: set[str]) -> N
 def test_dockerfile_environment_is_accepted(settings_accept) -> None:
     env = dockerfile_env(dockerfile_stages(DOCKERFILE.read_text())[-1])
     settings_accept(env, "Dockerfile ENV")
+
+
+# The seed job's (and `make run`'s) partition count of the topic the scorers score.
+SCORED_TOPIC_PARTITIONS = 3
+
+
+def test_k8s_scorers_score_one_topic_as_one_group(k8s: list[dict[str, Any]]) -> None:
+    """The scorer Deployment runs the scorer role on a topic, as one consumer group, with no
+    more replicas than the topic has partitions; it reads checkpoints only, and its lag is
+    its own metric."""
+    scorer = by_kind(k8s, "Deployment")["streamfit-scorer"]
+    env = workload_environment(scorer, k8s)
+    assert env["STREAMFIT_ROLE"] == "scorer"
+    assert env["STREAMFIT_SCORE_TOPIC"] and env["STREAMFIT_SCORE_GROUP_ID"]
+    assert env["STREAMFIT_SCORE_GROUP_ID"] != env.get("STREAMFIT_GROUP_ID", "streamfit")
+    assert env["STREAMFIT_SCORE_OUTPUT_TOPIC"] != env["STREAMFIT_SCORE_TOPIC"]
+    assert 1 <= scorer["spec"]["replicas"] <= SCORED_TOPIC_PARTITIONS
+    pod = scorer["spec"]["template"]["spec"]
+    assert pod["enableServiceLinks"] is False
+    for mount in main_container(scorer).get("volumeMounts", []):
+        if mount["mountPath"] == IMAGE_CHECKPOINT_DIR:
+            assert mount.get("readOnly") is True, "a scorer writes no checkpoint"
+    account = service_account(scorer, k8s)
+    trainer_account = service_account(by_kind(k8s, "StatefulSet")["streamfit-trainer"], k8s)
+    if irsa_environment(trainer_account):  # object store: the predictors' read-only role
+        assert account["metadata"]["name"] != trainer_account["metadata"]["name"]
+
+
+def test_compose_scorer_scores_the_seeded_topic(compose: dict[str, Any]) -> None:
+    scorer = compose_environment(compose["services"]["scorer"])
+    seed = build_seed_args(compose)
+    assert scorer["STREAMFIT_SCORE_TOPIC"] == seed.topic
+    assert scorer["STREAMFIT_SCORE_OUTPUT_TOPIC"] == f"{seed.topic}.predictions"
+    assert scorer["STREAMFIT_SCORE_GROUP_ID"] != compose_environment(
+        compose["services"]["streamfit"]
+    ).get("STREAMFIT_GROUP_ID")
+    assert seed.partitions == SCORED_TOPIC_PARTITIONS
+
+
+def build_seed_args(compose: dict[str, Any]) -> Any:
+    from service.cli import build_parser
+
+    return build_parser().parse_args(compose["services"]["seed"]["command"])

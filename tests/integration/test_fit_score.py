@@ -8,13 +8,10 @@ offsets sent to a transaction (see `test_transactional_rerun_scores_nothing`).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,13 +20,21 @@ from typing import Any
 
 import numpy as np
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
 from service.broker import EmbeddedBroker
 from service.checkpoints import CheckpointStore
 from service.producer import synthetic_pairs
 from service.scoring import CRASH_ENV, CRASH_EXIT_CODE
-from tests.support import ROOT, ServiceProcess, produce_pairs, produce_synthetic, write_raw
+from tests.support import (
+    ServiceProcess,
+    predictions_by_key,
+    produce_pairs,
+    produce_synthetic,
+    read_to_end,
+    run_cli,
+    write_raw,
+)
 
 # A broker that keeps transactional offsets, for test_transactional_rerun_scores_nothing.
 TXN_BOOTSTRAP = os.environ.get("STREAMFIT_TEST_TXN_BOOTSTRAP")
@@ -40,73 +45,6 @@ BAD_PAIRS: list[tuple[bytes | None, bytes | None]] = [(b"1", b"1,2,3"), (b"7", b
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-def run_cli(
-    args: list[str], env: dict[str, str], timeout_s: float = 120
-) -> subprocess.CompletedProcess[str]:
-    """`python -m service ...` with only the given STREAMFIT_ settings."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("STREAMFIT_")}
-    return subprocess.run(
-        [sys.executable, "-m", "service", *args],
-        env={**clean, "STREAMFIT_LOG_FORMAT": "text", **env},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-    )
-
-
-def read_to_end(
-    bootstrap: str,
-    topic: str,
-    group: str | None = None,
-    read_committed: bool = False,
-    check_crcs: bool = True,
-) -> tuple[list[Any], dict[int, int], dict[int, int | None]]:
-    """Every record of `topic` up to each partition's high watermark, the ends, and (with a
-    group) that group's committed offsets."""
-
-    async def run() -> tuple[list[Any], dict[int, int], dict[int, int | None]]:
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap,
-            group_id=group,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            isolation_level="read_committed" if read_committed else "read_uncommitted",
-            check_crcs=check_crcs,
-        )
-        await consumer.start()
-        try:
-            cluster = await consumer._client.fetch_all_metadata()  # noqa: SLF001
-            tps = [
-                TopicPartition(topic, p) for p in sorted(cluster.partitions_for_topic(topic) or ())
-            ]
-            assert tps, f"no topic {topic}"
-            committed = {tp.partition: await consumer.committed(tp) for tp in tps} if group else {}
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            records: list[Any] = []
-            ends: dict[int, int] = {}
-            for _ in range(200):
-                batches = await consumer.getmany(timeout_ms=300)
-                for part in batches.values():
-                    records.extend(part)
-                for tp in tps:
-                    end = (
-                        consumer.last_stable_offset(tp)
-                        if read_committed
-                        else consumer.highwater(tp)
-                    )
-                    if end is not None and await consumer.position(tp) >= end:
-                        ends[tp.partition] = end
-                if len(ends) == len(tps):
-                    return records, ends, committed
-            raise AssertionError(f"could not read {topic} to its end")
-        finally:
-            await consumer.stop()
-
-    return asyncio.run(run())
 
 
 def metric(pattern: str, text: str) -> float:
@@ -156,14 +94,6 @@ def test_topic(broker: EmbeddedBroker) -> Iterator[SimpleNamespace]:
     yield SimpleNamespace(
         topic=topic, ends=ends, expected=expected, unlabelled_value=unlabelled_value
     )
-
-
-def predictions_by_key(records: list[Any]) -> dict[str, set[bytes]]:
-    """Output key -> the distinct values written under it."""
-    values: dict[str, set[bytes]] = {}
-    for record in records:
-        values.setdefault(record.key.decode(), set()).add(record.value)
-    return values
 
 
 # -- fit -------------------------------------------------------------------------------------
@@ -382,18 +312,6 @@ def test_transactions_on_fails_clearly_where_the_broker_refuses_them(fitted, tes
 
 
 # -- score: transactions, on librdkafka's mock cluster ---------------------------------------
-
-
-@pytest.fixture
-def mock_cluster() -> Iterator[tuple[str, Any]]:
-    """librdkafka's in-process mock cluster: its bootstrap address and the client owning it."""
-    confluent_kafka = pytest.importorskip("confluent_kafka")
-    owner = confluent_kafka.Producer(
-        {"test.mock.num.brokers": 1, "bootstrap.servers": "unused:1", "log_level": 0}
-    )
-    broker = next(iter(owner.list_topics(timeout=10).brokers.values()))
-    yield f"{broker.host}:{broker.port}", owner
-    owner.flush(5)
 
 
 @pytest.mark.usefixtures("without_test_switches")

@@ -429,3 +429,25 @@ def test_the_harness_passes_no_test_switch_to_a_service(monkeypatch: pytest.Monk
     env = service_environ()
     assert not set(switches) & set(env)
     assert {"STREAMFIT_BATCH_SIZE", "STREAMFIT_PORT", next(iter(FAULT_HOOKS))} <= set(env)
+
+
+@pytest.mark.parametrize(
+    ("env", "missing"),
+    [
+        ({}, "STREAMFIT_SCORE_TOPIC and STREAMFIT_SCORE_GROUP_ID"),
+        ({"STREAMFIT_SCORE_TOPIC": "events"}, "STREAMFIT_SCORE_GROUP_ID"),
+    ],
+)
+def test_scorer_role_without_its_job_exits_2_with_one_line(
+    clean_env: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    env: dict[str, str],
+    missing: str,
+) -> None:
+    clean_env.setattr(cli, "follow", lambda settings: 0)  # never start a scorer here
+    clean_env.setenv("STREAMFIT_ROLE", "scorer")
+    for name, value in env.items():
+        clean_env.setenv(name, value)
+    assert cli.main(["serve"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [f"streamfit: invalid settings: STREAMFIT_ROLE=scorer needs {missing}"]
