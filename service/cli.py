@@ -149,10 +149,15 @@ def cmd_http_worker(args: argparse.Namespace) -> int:
 
     from service.api.worker import create_worker_app
     from service.logs import configure_logging
-    from service.serving.workers import CONTROL_SOCKET, parent_alive, watch_parent
+    from service.serving.workers import (
+        CONTROL_SOCKET,
+        parent_alive,
+        settings_from_trainer,
+        watch_parent,
+    )
 
     watch_parent(args.parent)
-    settings = Settings.model_validate_json(sys.stdin.buffer.read())
+    settings = settings_from_trainer(sys.stdin.buffer.read())
     configure_logging(settings.log_level, settings.log_format)
     shared = Path(args.shared)
     app = create_worker_app(

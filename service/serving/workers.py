@@ -143,7 +143,7 @@ class HttpWorkers:
         )
         assert process.stdin is not None
         # The settings (secrets included) through a pipe, never the environment or a file.
-        process.stdin.write(self.settings.model_dump_json().encode())
+        process.stdin.write(settings_for_worker(self.settings))
         process.stdin.close()
         self._processes[slot] = process
         log.info("HTTP worker started", extra={"slot": slot, "pid": process.pid})
@@ -190,6 +190,16 @@ class HttpWorkers:
                 process.kill()
                 await asyncio.to_thread(process.wait)
         self.listener.close()
+
+
+def settings_for_worker(settings: Settings) -> bytes:
+    """The trainer's settings as its workers read them (`settings_from_trainer`): only what
+    was set, so defaults and aliases (`MODEL` and `MODEL_ARCH`) come back as they were."""
+    return settings.model_dump_json(exclude_unset=True).encode()
+
+
+def settings_from_trainer(data: bytes) -> Settings:
+    return Settings.model_validate_json(data)
 
 
 def watch_parent(parent: int) -> None:

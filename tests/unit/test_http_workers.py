@@ -28,7 +28,7 @@ from service.serving.snapshot import (
     snapshot_from_checkpoint,
     snapshot_from_portable,
 )
-from service.settings import Settings
+from service.settings import Settings, load_settings
 from tests.unit.conftest import servable_state
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,6 +58,22 @@ def test_worker_count(
 def test_explicit_workers_with_delayed_labels_are_refused() -> None:
     with pytest.raises(ValueError, match="LABELS_TOPIC"):
         Settings(http_workers=2, labels_topic="labels")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {},
+        {"model": "linear"},
+        {"model_arch": "linear"},
+        {"model": "examples.fraud_named_json.model:build", "features": "a,b", "label_field": "y"},
+        {"predict_api_keys": "k1,k2", "api_key": "admin", "http_workers": "2"},
+        {"task": "multiclass", "classes": "x,y,z", "max_request_bytes": "5000"},
+    ],
+)
+def test_a_worker_reads_the_settings_the_trainer_has(settings: dict[str, str]) -> None:
+    trainer = load_settings(**settings)
+    assert workers.settings_from_trainer(workers.settings_for_worker(trainer)) == trainer
 
 
 @pytest.mark.parametrize(
