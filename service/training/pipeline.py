@@ -8,8 +8,9 @@ rejects go to the dead-letter topic before it is handed to the learner; its offs
 A fetched batch holds up to `handoff_records(BATCH_SIZE)` records: several mini-batches when
 they are small, which the learner thread learns one after another in a single hand-off. Each
 hand-off costs a fetch, a decode hand-off, a future and a settle on the event loop, and wake-ups
-of both threads; paid per mini-batch of 32 they slowed the learner by a third (the event loop
-and the learner thread share one interpreter lock).
+of both threads, all under the one interpreter lock the learner thread needs between kernels.
+Paid per mini-batch of 32, they made a mini-batch take 2.7 ms on the learner thread against
+1.7 ms in one hand-off of 32 mini-batches (median of five paired benchmark runs).
 """
 
 from __future__ import annotations
