@@ -9,8 +9,8 @@ A fetched batch holds up to `handoff_records(BATCH_SIZE)` records: several mini-
 they are small, which the learner thread learns one after another in a single hand-off. Each
 hand-off costs a fetch, a decode hand-off, a future and a settle on the event loop, and wake-ups
 of both threads, all under the one interpreter lock the learner thread needs between kernels.
-Paid per mini-batch of 32, they made a mini-batch take 2.7 ms on the learner thread against
-1.7 ms in one hand-off of 32 mini-batches (median of five paired benchmark runs).
+Paid per mini-batch of 32, they made a mini-batch take 2.9 ms on the learner thread against
+1.8 ms in one hand-off of 32 mini-batches (medians of eleven paired benchmark runs).
 """
 
 from __future__ import annotations
