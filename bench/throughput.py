@@ -24,7 +24,13 @@ NAME = "throughput"
 TITLE = "Training throughput"
 TARGET_RATIO = 0.90
 DEFAULT_BATCH = 256
+# The issue's targets: 0.90 of the limit at the default batch size, 0.80 at 32 and 1024.
+TARGET_RATIOS = {32: 0.80, DEFAULT_BATCH: TARGET_RATIO, 1024: 0.80}
 SCALING_BATCHES = (32, 128, 256, 1024, 2048)
+QUICK_SCALING_BATCHES = tuple(TARGET_RATIOS)
+# Each run learns at least this many batches: fewer, and the 50 ms polls that find its first
+# and last learned record are a sizeable share of its time (30,000 rows of 1024 last 0.4 s).
+MIN_BATCHES = {True: 80, False: 200}
 POLL_S = 0.05
 SEED = 11
 # What-if runs at the default batch size (full mode only), each against the same limit:
@@ -201,17 +207,30 @@ def run(session: BenchSession, quick: bool) -> dict[str, Any]:
     produce_s = session.produce(headline_topic, rows, seed=SEED)
     x, y = _arrays(records)
     breakdown = components(records, DEFAULT_BATCH, 40 if quick else 120)
+    # Untimed: the first limit measured in this process ran a median 1.32 times slower than
+    # the one after the service run (14 of 16 runs), which flattered the headline ratio.
+    in_memory_rate(x, y, DEFAULT_BATCH)
     headline = measure(session, headline_topic, x, y, DEFAULT_BATCH)
 
-    scaling_topic = session.new_topic("scaling")
-    session.produce(scaling_topic, scaling_rows, seed=SEED + 1)
-    sx, sy = _arrays(_records(scaling_rows, SEED + 1))
+    topics: dict[int, tuple[str, np.ndarray, np.ndarray]] = {}
+
+    def scaling_data(batch_size: int) -> tuple[str, np.ndarray, np.ndarray]:
+        """A filled topic (and its arrays) of enough rows for `batch_size`, one per size."""
+        count = max(scaling_rows, MIN_BATCHES[quick] * batch_size)
+        if count not in topics:
+            topic = session.new_topic("scaling")
+            session.produce(topic, count, seed=SEED + 1)
+            topics[count] = (topic, *_arrays(_records(count, SEED + 1)))
+        return topics[count]
+
     scaling = []
-    for batch_size in SCALING_BATCHES:
+    for batch_size in QUICK_SCALING_BATCHES if quick else SCALING_BATCHES:
         if quick and batch_size == DEFAULT_BATCH:
             scaling.append(headline)
             continue
-        scaling.append(measure(session, scaling_topic, sx, sy, batch_size))
+        scaling.append(measure(session, *scaling_data(batch_size), batch_size))
+    scaling_topic, sx, sy = scaling_data(DEFAULT_BATCH)
+    scaling_rows = len(sy)
     variants = []
     if not quick:
         from service.settings import Settings
@@ -251,15 +270,19 @@ def run(session: BenchSession, quick: bool) -> dict[str, Any]:
 
 
 def summary(result: dict[str, Any]) -> list[SummaryRow]:
-    h = result["headline"]
+    """One row per batch size with a target: the service's rate, its ratio, the limit's rate."""
+    rows = {r["batch_size"]: r for r in result["scaling"]}
+    rows[DEFAULT_BATCH] = result["headline"]
     return [
         SummaryRow(
-            f"training throughput, batch {h['batch_size']}",
-            f"{fmt_int(h['service']['rate'])} rec/s = {h['ratio']:.2f} of the in-memory limit "
-            f"({fmt_int(h['limit']['mean'])} rec/s)",
-            f">= {TARGET_RATIO:.2f} of limit",
-            h["ratio"] >= TARGET_RATIO,
+            f"training throughput, batch {size}",
+            f"{fmt_int(r['service']['rate'])} rec/s = {r['ratio']:.2f} of the in-memory limit "
+            f"({fmt_int(r['limit']['mean'])} rec/s)",
+            f">= {target:.2f} of limit",
+            r["ratio"] >= target,
         )
+        for size, target in TARGET_RATIOS.items()
+        if (r := rows.get(size)) is not None
     ]
 
 
@@ -280,7 +303,7 @@ def render(result: dict[str, Any]) -> str:
         f"learned positions on `/lag`, polled every {POLL_S * 1e3:.0f} ms); *durable* adds "
         "the final checkpoint (`POST /admin/checkpoint`). The limit is `Learner.learn` on the "
         "same records as NumPy arrays in the benchmark process, measured before and after the "
-        "service run.",
+        "service run (after an untimed warm-up run).",
         "",
         table(
             ["", "records/s", "ratio to limit"],

@@ -18,7 +18,7 @@ and the trainer sends it to the dead-letter topic.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as arrow_csv
 
-from service.model.inputs import Batch, InputSpec, batch_rows, concat
+from service.model.inputs import Batch, InputSpec, batch_rows, concat, take
 from service.model.task import LabelError, Task
 
 _JSON_NUMBERS = {int, float}
@@ -101,6 +101,17 @@ class DecodedBatch:
             np.concatenate([self.labels, other.labels]),
             [*self.rejects, *other.rejects],
         )
+
+    def mini_batches(self, size: int) -> Iterator[tuple[Batch, np.ndarray]]:
+        """Features and labels of the rows in order, `size` at a time (the last may be fewer).
+
+        >>> batch = DecodedBatch(np.zeros((5, 2), np.float32), np.arange(5, dtype=np.float32))
+        >>> [labels.tolist() for _, labels in batch.mini_batches(2)]
+        [[0.0, 1.0], [2.0, 3.0], [4.0]]
+        """
+        for start in range(0, len(self), size):
+            rows = slice(start, start + size)
+            yield take(self.features, rows), self.labels[rows]
 
 
 class Codec:

@@ -18,8 +18,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+import numpy as np
+
 from service import metrics
 from service.codec import DecodedBatch
+from service.model.inputs import Batch
 from service.serving.snapshot import SnapshotHolder, snapshot_from_learner
 from service.settings import Settings
 from service.training.challenger import ChampionChallenger, Roles
@@ -82,7 +85,8 @@ class LearnerThread:
         await self._run(self._start, state, version)
 
     def learn(self, batch: DecodedBatch) -> asyncio.Future[None]:
-        """Start test-then-train of `batch`; the future resolves once it is learned."""
+        """Start test-then-train of `batch`, in mini-batches of up to BATCH_SIZE rows in
+        order; the future resolves once all of them are learned."""
         if not len(batch):
             done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             done.set_result(None)
@@ -131,9 +135,16 @@ class LearnerThread:
         self._update_metrics()
 
     def _learn(self, batch: DecodedBatch) -> None:
+        """Test-then-train the hand-off's mini-batches of up to BATCH_SIZE rows, in order."""
+        assert self.pair is not None
+        for features, labels in batch.mini_batches(self.settings.batch_size):
+            self._learn_mini_batch(features, labels)
+        self._update_metrics()  # gauges: the state after the whole hand-off is what they show
+
+    def _learn_mini_batch(self, features: Batch, labels: np.ndarray) -> None:
         started = time.perf_counter()
         assert self.pair is not None
-        result, promoted = self.pair.learn(batch.features, batch.labels)
+        result, promoted = self.pair.learn(features, labels)
         self.drift.observe(self.learner, result.prequential_loss, result.samples)
         now = time.monotonic()
         if promoted is not None or now - self._last_publish >= self._snapshot_interval_s:
@@ -143,7 +154,6 @@ class LearnerThread:
         metrics.TRAIN_BATCH_DURATION.observe(time.perf_counter() - started)
         metrics.SAMPLES_TRAINED.inc(result.samples)
         metrics.BATCHES_TRAINED.inc()
-        self._update_metrics()
 
     def _publish(self) -> None:
         # The served version is the holder's: a checkpoint raises it from the event loop.

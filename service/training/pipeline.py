@@ -4,6 +4,13 @@ Up to `PIPELINE_DEPTH` decoded batches queue for the learner thread, so it never
 event loop between batches, while the next fetch and decode overlap with learning. A batch's
 rejects go to the dead-letter topic before it is handed to the learner; its offsets advance
 (in `PartitionOffsets`) only once it is learned, in fetch order.
+
+A fetched batch holds up to `handoff_records(BATCH_SIZE)` records: several mini-batches when
+they are small, which the learner thread learns one after another in a single hand-off. Each
+hand-off costs a fetch, a decode hand-off, a future and a settle on the event loop, and wake-ups
+of both threads, all under the one interpreter lock the learner thread needs between kernels.
+Paid per mini-batch of 32, they made a mini-batch take 2.9 ms on the learner thread against
+1.8 ms in one hand-off of 32 mini-batches (medians of eleven paired benchmark runs).
 """
 
 from __future__ import annotations
@@ -27,10 +34,21 @@ from service.training.offsets import PartitionOffsets
 log = logging.getLogger(__name__)
 
 PIPELINE_DEPTH = 2  # decoded batches queued for the learner thread
+HANDOFF_RECORDS = 1024  # records per hand-off to the learner thread, in whole mini-batches
 REFILL_WAIT_MS = 20  # with batches in flight, how long a poll waits for the next fetch
 IDLE_WAIT_MS = 200  # nothing in flight: how long a poll waits for records
 
 Batches = Mapping[TopicPartition, list[Any]]
+
+
+def handoff_records(batch_size: int) -> int:
+    """The most records one fetch brings and one hand-off gives the learner thread: whole
+    mini-batches of `batch_size`, about HANDOFF_RECORDS, at least one.
+
+    >>> handoff_records(32), handoff_records(256), handoff_records(1000), handoff_records(4096)
+    (1024, 1024, 1000, 4096)
+    """
+    return max(1, HANDOFF_RECORDS // batch_size) * batch_size
 
 
 class LearnFailed(Exception):

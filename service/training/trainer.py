@@ -42,7 +42,7 @@ from service.training.fencing import LeaseKeeper
 from service.training.lag_tracker import LagTracker
 from service.training.learner_thread import LearnerThread
 from service.training.offsets import PartitionOffsets
-from service.training.pipeline import Batches, LearnPipeline
+from service.training.pipeline import Batches, LearnPipeline, handoff_records
 from service.training.promotion import Promotion
 from service.training.rebalance import Rebalance
 from service.training.status import TrainerStatus
@@ -68,7 +68,9 @@ def consumer_options(settings: Settings) -> dict[str, Any]:
         # back without waiting for its old session to expire.
         "group_instance_id": settings.group_instance_id,
         "heartbeat_interval_ms": max(settings.session_timeout_ms // 5, 100),
-        "max_poll_records": settings.batch_size,
+        # Several mini-batches per fetch when they are small: the learner thread learns them
+        # in one hand-off (see service.training.pipeline).
+        "max_poll_records": handoff_records(settings.batch_size),
         # aiokafka keeps one fetch in flight per broker, and leaves out partitions that still
         # have buffered records; a fetch for caught-up partitions then long-polls, and a
         # partition that needs more records waits for it to end. FETCH_MAX_WAIT_MS (not 500)
@@ -298,9 +300,7 @@ class Trainer:
             if self.lease.lost is not None:
                 raise self.lease.lost
             self._apply_pause(session)
-            batches = await consumer.getmany(
-                timeout_ms=self.pipeline.poll_wait_ms(), max_records=self.settings.batch_size
-            )
+            batches = await consumer.getmany(timeout_ms=self.pipeline.poll_wait_ms())
             await self.checkpointer.retry_commit_if_due(consumer)
             if any(batches.values()):
                 await self._learn(session, batches)
