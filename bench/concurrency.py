@@ -34,7 +34,7 @@ POINTS: tuple[tuple[str, dict[str, str]], ...] = (
     ("HTTP_WORKERS=2", {"STREAMFIT_HTTP_WORKERS": "2"}),
 )
 FULL_ONLY_POINTS: tuple[tuple[str, dict[str, str]], ...] = (
-    ("HTTP_WORKERS=1, TF_THREADS=2", {"STREAMFIT_HTTP_WORKERS": "1", "STREAMFIT_TF_THREADS": "2"}),
+    ("TF_THREADS=2", {"STREAMFIT_TF_THREADS": "2"}),
 )
 
 
@@ -110,7 +110,11 @@ def run(session: BenchSession, quick: bool) -> dict[str, Any]:
     topic = session.new_topic("concurrency")
     produce_s = session.produce(topic, backlog, seed=31)
     points = POINTS if quick else POINTS + FULL_ONLY_POINTS
-    results = [point(session, topic, backlog, label, env, quiet_s, load_s) for label, env in points]
+    profile_s = 3 if quick else 6  # the GIL profile: the defaults and HTTP_WORKERS=0
+    results = [
+        point(session, topic, backlog, label, env, quiet_s, load_s, profile_s if i < 2 else 0)
+        for i, (label, env) in enumerate(points)
+    ]
     return {
         "connections": CONNECTIONS,
         "backlog": backlog,

@@ -41,6 +41,10 @@ def _positions(service: Service) -> dict[int, int]:
     }
 
 
+def _lag(service: Service) -> int:
+    return sum(int(row["lag"] or 0) for row in service.get("/lag")["partitions"])
+
+
 def _served_samples(service: Service) -> int:
     return int(service.get("/model")["samples_trained"])
 
@@ -104,8 +108,10 @@ def one_rate(session: BenchSession, rate: float, trials: int) -> dict[str, Any]:
     asyncio.run(ensure_topic({"bootstrap_servers": session.bootstrap}, topic, PARTITIONS))
     stream = session.stream(topic, rate, PARTITIONS)
     service = session.service(topic).start()
-    # Caught up with the stream: the trainer is in its steady state.
+    # Caught up with the stream (what it wrote while the service started is learned, less than
+    # 50 ms of it left): the trainer is in its steady state.
     poll_until(lambda: service.samples_trained() > rate, 60, 0.1, "training on the stream")
+    poll_until(lambda: _lag(service) < rate / 20, 120, 0.1, "caught up with the stream")
     before = service.samples_trained()
     cpu = CpuWindow().start()
     started = time.perf_counter()

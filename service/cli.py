@@ -164,7 +164,12 @@ def cmd_http_worker(args: argparse.Namespace) -> int:
         settings, shared, shared / CONTROL_SOCKET, alive=lambda: parent_alive(args.parent)
     )
     config = uvicorn.Config(
-        app, log_config=None, access_log=False, timeout_graceful_shutdown=10, lifespan="on"
+        app,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+        lifespan="on",
+        proxy_headers=False,  # nothing reads the client's address
     )
     server = uvicorn.Server(config)
     signal.signal(signal.SIGTERM, lambda *_: None)

@@ -124,7 +124,7 @@ class Settings(BaseSettings):
     challenger_model: str | None = Field(None, min_length=1)
     promote_margin: float = Field(0.02, ge=0)
     promote_window: int = Field(2000, ge=1, le=10_000)
-    snapshot_interval_s: float = Field(0.05, ge=0)
+    snapshot_interval_s: float = Field(0.02, ge=0)
     drift_policy: Literal["none", "alert", "reset_optimizer", "rollback"] = "alert"
     drift_threshold: float = Field(10.0, gt=0)
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"

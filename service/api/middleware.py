@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import os
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
@@ -31,7 +31,7 @@ class RequestContext:
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
-        rid = headers.get(b"x-request-id", b"").decode("latin-1")[:128] or uuid.uuid4().hex
+        rid = headers.get(b"x-request-id", b"").decode("latin-1")[:128] or os.urandom(16).hex()
         token = request_id.set(rid)
         started = time.perf_counter()
         status = 500

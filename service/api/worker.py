@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 from collections.abc import AsyncIterator, Callable
@@ -26,7 +27,7 @@ from fastapi.responses import Response
 from service import __version__, metrics
 from service.api import errors
 from service.api.auth import PredictKeys
-from service.api.fast_predict import add_fast_predict
+from service.api.fast_predict import ASGIApp, FastPredict
 from service.api.middleware import RequestContext
 from service.api.v1 import V1Endpoints, require_json
 from service.api.v2 import V2Endpoints
@@ -103,8 +104,11 @@ def create_worker_app(
     shared: Path,
     control_socket: Path,
     alive: Callable[[], bool] | None = None,
-) -> FastAPI:
+) -> ASGIApp:
     """The worker's app: the prediction routes over the shared snapshot, the rest forwarded.
+
+    Request context (id, body limit, metrics) and the fast predict path wrap the FastAPI app
+    from outside, so the common prediction request skips FastAPI's own middleware too.
 
     Readiness is forwarded too, but a worker that holds no model yet answers 503 itself, so
     a client told "ready" is never answered "no model loaded" by a worker. `alive` (the
@@ -122,6 +126,10 @@ def create_worker_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Everything imported and built: out of the garbage collector's reach, so a full
+        # collection (tens of milliseconds over these objects) never stalls a request.
+        gc.collect()
+        gc.freeze()
         tasks = [asyncio.create_task(reader.follow(), name="streamfit-snapshot-reader")]
         if alive is not None:
             tasks.append(asyncio.create_task(_exit_with_parent(alive), name="streamfit-parent"))
@@ -164,8 +172,8 @@ def create_worker_app(
     methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
     routes.add_api_route(FORWARDED, forward, methods=methods, include_in_schema=False)
     app.include_router(routes)
-    add_fast_predict(app, dataplane, settings.predict_api_keys)
-    app.add_middleware(
-        RequestContext, max_body=settings.max_request_bytes, skip=(FORWARDED, *readiness)
+    return RequestContext(
+        FastPredict(app, dataplane, settings.predict_api_keys),
+        max_body=settings.max_request_bytes,
+        skip=(FORWARDED, *readiness),
     )
-    return app

@@ -90,6 +90,7 @@ class SnapshotReader:
         self.path = directory / FILE
         self.holder = holder
         self._identity: tuple[int, int] | None = None
+        self._numpy_only = False  # known after the first load
 
     def refresh(self) -> bool:
         """Load the file if it changed since the last call; True if a new snapshot is held."""
@@ -112,14 +113,18 @@ class SnapshotReader:
             data = pickle.load(source)  # written by our own trainer process, never by a client
         self.holder.serve(snapshot_from_portable(data))
         self._identity = identity
+        self._numpy_only = data["activations"] is not None
 
     async def follow(self) -> None:
-        """Check every `POLL_S` until cancelled; load on a thread (a model that is not
-        Dense-only brings TensorFlow, seconds to import, which must not stall requests)."""
+        """Check every `POLL_S` until cancelled. A Dense-only model loads in well under a
+        millisecond, on the loop; any other one on a thread (the first brings TensorFlow,
+        seconds to import, which must not stall requests)."""
         while True:
             try:
                 identity = self._changed()
-                if identity is not None:
+                if identity is not None and self._numpy_only:
+                    self._load(identity)
+                elif identity is not None:
                     await asyncio.to_thread(self._load, identity)
             except Exception:
                 log.exception("could not load the served model from the trainer")

@@ -141,9 +141,12 @@ def test_the_trainers_metrics_count_the_workers_requests(trained: ServiceProcess
     assert counter(service, lag) - lag_before == 1
 
 
-def test_workers_follow_a_pin(trained: ServiceProcess) -> None:
+def test_workers_follow_a_pin(trained: ServiceProcess, broker: Any, topic: str) -> None:
     service = trained
     service.request("POST", "/admin/checkpoint", headers=ADMIN)
+    produce_synthetic(broker.bootstrap, topic, rows=500, partitions=2, seed=4)
+    service.wait_trained(3500)
+    assert service.request("POST", "/admin/checkpoint", headers=ADMIN)[0] == 200
     status, body = service.request("GET", "/admin/versions", headers=ADMIN)
     assert status == 200, body
     versions = sorted(int(v["version"]) for v in body["versions"])
