@@ -71,7 +71,9 @@ def test_explicit_workers_with_delayed_labels_are_refused() -> None:
         {"task": "multiclass", "classes": "x,y,z", "max_request_bytes": "5000"},
     ],
 )
-def test_a_worker_reads_the_settings_the_trainer_has(settings: dict[str, str]) -> None:
+def test_a_worker_reads_the_settings_the_trainer_has(
+    settings: dict[str, str], clean_env: None
+) -> None:
     trainer = load_settings(**settings)
     assert workers.settings_from_trainer(workers.settings_for_worker(trainer)) == trainer
 
