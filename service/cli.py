@@ -92,8 +92,6 @@ def serve(settings: Settings) -> int:
     """
     import shutil
 
-    import uvicorn
-
     from service.api import create_app
     from service.logs import configure_logging
     from service.serving.shared import private_directory
@@ -121,20 +119,8 @@ def serve(settings: Settings) -> int:
         if workers is not None
         else {"host": settings.http_host, "port": settings.http_port}
     )
-    config = uvicorn.Config(
-        app,
-        **where,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=10,
-        lifespan="on",
-    )
-    server = uvicorn.Server(config)
-    # uvicorn re-raises the signal it shut down for, using the handler installed before it
-    # ran: make that a no-op for SIGTERM, so a graceful stop (Kubernetes) exits 0.
-    signal.signal(signal.SIGTERM, lambda *_: None)
     try:
-        server.run()
+        _run_server(app, **where)
     finally:
         if workers is not None:
             shutil.rmtree(workers.directory, ignore_errors=True)
@@ -144,8 +130,6 @@ def serve(settings: Settings) -> int:
 def cmd_http_worker(args: argparse.Namespace) -> int:
     """`streamfit http-worker` (started by `serve`, not by hand): one HTTP worker process."""
     import socket
-
-    import uvicorn
 
     from service.api.worker import create_worker_app
     from service.logs import configure_logging
@@ -163,18 +147,29 @@ def cmd_http_worker(args: argparse.Namespace) -> int:
     app = create_worker_app(
         settings, shared, shared / CONTROL_SOCKET, alive=lambda: parent_alive(args.parent)
     )
+    # Nothing reads the client's address: no proxy-header parsing on the hot path.
+    _run_server(app, sockets=[socket.socket(fileno=args.fd)], proxy_headers=False)
+    return 0
+
+
+def _run_server(app: Any, sockets: list[Any] | None = None, **options: Any) -> None:
+    """uvicorn with the service's options until SIGINT/SIGTERM (`options` adds where it
+    listens, and others; `sockets` are listening sockets handed down)."""
+    import uvicorn
+
     config = uvicorn.Config(
         app,
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=10,
         lifespan="on",
-        proxy_headers=False,  # nothing reads the client's address
+        **options,
     )
     server = uvicorn.Server(config)
+    # uvicorn re-raises the signal it shut down for, using the handler installed before it
+    # ran: make that a no-op for SIGTERM, so a graceful stop (Kubernetes) exits 0.
     signal.signal(signal.SIGTERM, lambda *_: None)
-    server.run(sockets=[socket.socket(fileno=args.fd)])
-    return 0
+    server.run(sockets=sockets)
 
 
 def cmd_broker(args: argparse.Namespace) -> int:

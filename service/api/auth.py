@@ -17,7 +17,12 @@ from service.errors import AdminDisabled, Unauthorized
 
 def bearer_token(request: Request) -> str | None:
     """The token of `Authorization: Bearer <token>`, or None."""
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return bearer(request.headers.get("authorization", ""))
+
+
+def bearer(authorization: str) -> str | None:
+    """The token of an `Authorization` header's value `Bearer <token>`, or None."""
+    scheme, _, token = authorization.partition(" ")
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 

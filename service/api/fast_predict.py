@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from service.api.auth import matches
+from service.api.auth import bearer, matches
 from service.api.errors import error_response, status_of
 from service.api.middleware import replay
 from service.api.schemas import PredictRequest
@@ -97,10 +97,8 @@ class FastPredict:
                 authorization = value
         if content_type.split(b";")[0].strip().lower() != b"application/json":
             return None  # the route answers 415
-        if self.keys:
-            scheme, _, token = authorization.decode("latin-1").partition(" ")
-            if scheme.lower() != "bearer" or not matches(token.strip() or None, self.keys):
-                return None  # the route answers 401
+        if self.keys and not matches(bearer(authorization.decode("latin-1")), self.keys):
+            return None  # the route answers 401
         return name
 
 
