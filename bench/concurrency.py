@@ -5,8 +5,9 @@ generator. One backlog topic is written once; each point of the trade-off is a f
 (its own consumer group, so it starts at the beginning of the backlog) with its own settings:
 `STREAMFIT_HTTP_WORKERS` (HTTP worker processes; 0 serves HTTP in the trainer's own process,
 the design before them) and `STREAMFIT_TF_THREADS`. For each: the trainer's rate from Kafka
-with no HTTP load (a window before and one after), then wrk with 16 connections, one instance
-per request, for the loaded window; the ratio is the loaded rate over the mean unloaded one.
+with no HTTP load (a window before and one after), then wrk with 16 connections (one thread,
+or two for the last point), one instance per request, for the loaded window; the ratio is the
+loaded rate over the mean unloaded one.
 """
 
 from __future__ import annotations
@@ -28,13 +29,17 @@ TARGET_P99_S = 0.005
 TARGET_RPS = 3000.0
 TARGET_TRAIN_RATIO = 0.5
 DEFAULT_POINT = "defaults (HTTP_WORKERS=auto: 1 on 2 CPUs)"
-POINTS: tuple[tuple[str, dict[str, str]], ...] = (
-    (DEFAULT_POINT, {}),
-    ("HTTP in the trainer's process (HTTP_WORKERS=0)", {"STREAMFIT_HTTP_WORKERS": "0"}),
-    ("HTTP_WORKERS=2", {"STREAMFIT_HTTP_WORKERS": "2"}),
+# (label, service environment, wrk threads). One wrk thread drives the 16 connections (epoll);
+# the last point shows what a second one costs on a 2-core machine, where it competes with the
+# service for the cores and its own scheduling delays count as latency.
+POINTS: tuple[tuple[str, dict[str, str], int], ...] = (
+    (DEFAULT_POINT, {}, 1),
+    ("HTTP in the trainer's process (HTTP_WORKERS=0)", {"STREAMFIT_HTTP_WORKERS": "0"}, 1),
+    ("HTTP_WORKERS=2", {"STREAMFIT_HTTP_WORKERS": "2"}, 1),
+    ("defaults, wrk with 2 threads", {}, 2),
 )
-FULL_ONLY_POINTS: tuple[tuple[str, dict[str, str]], ...] = (
-    ("TF_THREADS=2", {"STREAMFIT_TF_THREADS": "2"}),
+FULL_ONLY_POINTS: tuple[tuple[str, dict[str, str], int], ...] = (
+    ("TF_THREADS=2", {"STREAMFIT_TF_THREADS": "2"}, 1),
 )
 
 
@@ -44,12 +49,12 @@ def _rate(service: Service, seconds: float) -> float:
     return (service.learned() - before) / (time.perf_counter() - started)
 
 
-def gil_profile(service: Service, seconds: int) -> dict[str, Any]:
+def gil_profile(service: Service, seconds: int, threads: int) -> dict[str, Any]:
     """Which threads of the trainer's process hold the GIL under the same load (py-spy
     `--gil`, sampling only the holder), in a window of its own after the measured ones."""
     path = RESULTS / f"concurrency-gil-{service.port}.txt"
     RESULTS.mkdir(parents=True, exist_ok=True)
-    load = threading.Thread(target=generate_load, args=(service, seconds + 2, CONNECTIONS))
+    load = threading.Thread(target=generate_load, args=(service, seconds + 2, CONNECTIONS, threads))
     load.start()
     time.sleep(1)
     record(service.pid, seconds, path, "raw", "--threads", "--gil")
@@ -65,28 +70,30 @@ def point(
     backlog: int,
     label: str,
     env: dict[str, str],
+    threads: int,
     quiet_s: float,
     load_s: float,
     profile_s: int = 0,
 ) -> dict[str, Any]:
     service = session.service(topic, env=env).start()
     poll_until(lambda: service.learned() > 0, 60, 0.05, "first trained batch")
-    generate_load(service, 1.0, CONNECTIONS)  # warm-up: connections, first-request paths
+    generate_load(service, 1.0, CONNECTIONS, threads)  # warm-up: connections, first-request paths
     alone_before = _rate(service, quiet_s)
     cpu = CpuWindow().start()
     learned_before, started = service.learned(), time.perf_counter()
-    load = generate_load(service, load_s, CONNECTIONS)
+    load = generate_load(service, load_s, CONNECTIONS, threads)
     loaded = (service.learned() - learned_before) / (time.perf_counter() - started)
     window = cpu.stop()
     alone_after = _rate(service, quiet_s)
     learned_at_end = service.learned()
-    gil = gil_profile(service, profile_s) if profile_s else None
+    gil = gil_profile(service, profile_s, threads) if profile_s else None
     service.stop()
     alone = (alone_before + alone_after) / 2
     latency_us, seconds = load["latency_us"], load["duration_us"] / 1e6
     return {
         "point": label,
         "env": env,
+        "wrk_threads": threads,
         "requests": load["requests"],
         "errors": sum(load["errors"].values()),
         "rps": load["requests"] / seconds,
@@ -106,14 +113,14 @@ def point(
 
 def run(session: BenchSession, quick: bool) -> dict[str, Any]:
     quiet_s, load_s = (2.0, 5.0) if quick else (3.0, 10.0)
-    backlog = 700_000 if quick else 1_200_000
+    backlog = 1_000_000 if quick else 2_400_000
     topic = session.new_topic("concurrency")
     produce_s = session.produce(topic, backlog, seed=31)
     points = POINTS if quick else POINTS + FULL_ONLY_POINTS
     profile_s = 3 if quick else 6  # the GIL profile: the defaults and HTTP_WORKERS=0
     results = [
-        point(session, topic, backlog, label, env, quiet_s, load_s, profile_s if i < 2 else 0)
-        for i, (label, env) in enumerate(points)
+        point(session, topic, backlog, label, env, threads, quiet_s, load_s, profile_s * (i < 2))
+        for i, (label, env, threads) in enumerate(points)
     ]
     return {
         "connections": CONNECTIONS,
@@ -154,6 +161,7 @@ def render(result: dict[str, Any]) -> str:
     rows = [
         [
             r["point"],
+            str(r["wrk_threads"]),
             fmt_ms(r["p50_s"]),
             fmt_ms(r["p90_s"]),
             f"**{fmt_ms(r['p99_s'])}**",
@@ -173,14 +181,16 @@ def render(result: dict[str, Any]) -> str:
     return (
         f"A backlog of {result['backlog']:,} records (3 partitions) written once; each row is a "
         "fresh service on it (its own consumer group). The trainer's rate from Kafka alone is "
-        f"measured for {result['quiet_s']:.0f} s before and after the load; wrk (2 threads, "
-        f"{result['connections']} connections, keep-alive, one 18-feature instance per request) "
-        f"runs for {result['load_s']:.0f} s in between. *Trainer ratio* is its rate under load "
-        "over the mean unloaded rate. *Foreign cores*: CPU used by processes other than the "
-        "service, its workers, the broker and wrk.\n\n"
+        f"measured for {result['quiet_s']:.0f} s before and after the load; wrk "
+        f"({result['connections']} keep-alive connections on one thread unless the row says 2, "
+        "one 18-feature instance per request, each connection sending its next request as soon "
+        f"as the last is answered) runs for {result['load_s']:.0f} s in between. *Trainer "
+        "ratio* is its rate under load over the mean unloaded rate. *Foreign cores*: CPU used "
+        "by processes other than the service, its workers, the broker and wrk.\n\n"
         + table(
             [
                 "settings",
+                "wrk threads",
                 "p50",
                 "p90",
                 "p99",

@@ -41,12 +41,15 @@ def load_tool() -> str:
 
 
 def generate_load(
-    service: Service, duration_s: float, connections: int = CONNECTIONS
+    service: Service, duration_s: float, connections: int = CONNECTIONS, threads: int = 2
 ) -> dict[str, Any]:
-    """Run the load generator for duration_s; its JSON summary (latencies in microseconds)."""
+    """Run the load generator for duration_s; its JSON summary (latencies in microseconds).
+
+    `threads` is wrk's (at most one per connection); the Python generator is one thread.
+    """
     if load_tool() == "wrk":
         command = [
-            "wrk", f"-t{min(connections, 2)}", f"-c{connections}", f"-d{duration_s:.0f}s",
+            "wrk", f"-t{min(connections, threads)}", f"-c{connections}", f"-d{duration_s:.0f}s",
             "--timeout", "5s", "-s", str(LUA), service.url + PATH,
         ]  # fmt: skip
     else:
