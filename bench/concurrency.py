@@ -6,7 +6,7 @@ generator. One backlog topic is written once; each point of the trade-off is a f
 `STREAMFIT_HTTP_WORKERS` (HTTP worker processes; 0 serves HTTP in the trainer's own process,
 the design before them) and `STREAMFIT_TF_THREADS`. For each: the trainer's rate from Kafka
 with no HTTP load (a window before and one after), then wrk with 16 connections (one thread,
-or two for the last point), one instance per request, for the loaded window; the ratio is the
+or two where the point says so), one instance per request, for the loaded window; the ratio is the
 loaded rate over the mean unloaded one.
 """
 
@@ -30,7 +30,7 @@ TARGET_RPS = 3000.0
 TARGET_TRAIN_RATIO = 0.5
 DEFAULT_POINT = "defaults (HTTP_WORKERS=auto: 1 on 2 CPUs)"
 # (label, service environment, wrk threads). One wrk thread drives the 16 connections (epoll);
-# the last point shows what a second one costs on a 2-core machine, where it competes with the
+# the point with 2 shows what a second one costs on a 2-core machine, where it competes with the
 # service for the cores and its own scheduling delays count as latency.
 POINTS: tuple[tuple[str, dict[str, str], int], ...] = (
     (DEFAULT_POINT, {}, 1),
@@ -119,7 +119,10 @@ def run(session: BenchSession, quick: bool) -> dict[str, Any]:
     points = POINTS if quick else POINTS + FULL_ONLY_POINTS
     profile_s = 3 if quick else 6  # the GIL profile: the defaults and HTTP_WORKERS=0
     results = [
-        point(session, topic, backlog, label, env, threads, quiet_s, load_s, profile_s * (i < 2))
+        point(
+            session, topic, backlog, label, env, threads, quiet_s, load_s,
+            profile_s if i < 2 else 0,
+        )  # fmt: skip
         for i, (label, env, threads) in enumerate(points)
     ]
     return {
