@@ -120,9 +120,16 @@ def run(session: BenchSession, quick: bool) -> dict[str, Any]:
     profile_s = 3 if quick else 6  # the GIL profile: the defaults and HTTP_WORKERS=0
     results = [
         point(
-            session, topic, backlog, label, env, threads, quiet_s, load_s,
+            session,
+            topic,
+            backlog,
+            label,
+            env,
+            threads,
+            quiet_s,
+            load_s,
             profile_s if i < 2 else 0,
-        )  # fmt: skip
+        )
         for i, (label, env, threads) in enumerate(points)
     ]
     return {
