@@ -15,7 +15,10 @@ import contextlib
 import logging
 import os
 import pickle
+import shutil
+import stat
 import tempfile
+import time
 from pathlib import Path
 
 from service.serving.snapshot import (
@@ -31,11 +34,63 @@ POLL_S = 0.002
 FILE = "snapshot.pickle"
 
 
-def private_directory() -> Path:
-    """A new directory only this user can read, in memory where the system offers it."""
-    shm = Path("/dev/shm")
-    base = shm if shm.is_dir() and os.access(shm, os.W_OK) else None
-    return Path(tempfile.mkdtemp(prefix="streamfit-", dir=base))
+PREFIX = "streamfit-"
+OWNER = "owner.pid"
+STALE_WITHOUT_OWNER_S = 3600.0
+
+
+def private_directory(base: Path | None = None) -> Path:
+    """A new directory only this user can read, in memory where the system offers it.
+
+    It names its owner (`owner.pid`): a trainer stopped cleanly removes its directory, one
+    killed (SIGKILL, OOM) cannot, so each new one first removes those whose owner is gone.
+    """
+    if base is None:
+        shm = Path("/dev/shm")
+        base = shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
+    remove_stale_directories(base)
+    directory = Path(tempfile.mkdtemp(prefix=PREFIX, dir=base))
+    (directory / OWNER).write_text(f"{os.getpid()}\n")
+    return directory
+
+
+def remove_stale_directories(base: Path) -> list[Path]:
+    """Remove this user's private directories under `base` whose owning process is gone
+    (or, without an owner file, untouched for an hour); the ones removed."""
+    removed: list[Path] = []
+    try:
+        candidates = [p for p in base.iterdir() if p.name.startswith(PREFIX)]
+    except OSError:
+        return removed
+    for directory in candidates:
+        try:
+            status = directory.lstat()
+            if not stat.S_ISDIR(status.st_mode) or status.st_uid != os.getuid():
+                continue
+            if not _owner_gone(directory, status.st_mtime):
+                continue
+        except OSError:
+            continue
+        shutil.rmtree(directory, ignore_errors=True)
+        removed.append(directory)
+        log.info("removed a stale shared directory", extra={"path": str(directory)})
+    return removed
+
+
+def _owner_gone(directory: Path, mtime: float) -> bool:
+    try:
+        pid = int((directory / OWNER).read_text())
+    except FileNotFoundError:
+        return time.time() - mtime > STALE_WITHOUT_OWNER_S
+    except ValueError:
+        return False  # being written: its owner is starting now
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, another user's
+    return False
 
 
 class SnapshotWriter:

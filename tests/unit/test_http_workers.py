@@ -20,7 +20,12 @@ from service.model.inputs import InputSpec
 from service.model.resolve import portable_config
 from service.model.task import Task
 from service.serving import workers
-from service.serving.shared import SnapshotReader, SnapshotWriter
+from service.serving.shared import (
+    OWNER,
+    SnapshotReader,
+    SnapshotWriter,
+    private_directory,
+)
 from service.serving.snapshot import (
     SnapshotHolder,
     build_snapshot,
@@ -161,6 +166,35 @@ metrics.HTTP_DURATION.labels("/v1/models/{name}:predict", "POST").observe(0.002)
 metrics.PREDICTION_DURATION.observe(0.0003)
 metrics.TRAIN_LOSS.set(123.0)  # not a worker family: must not show
 """
+
+
+def test_a_killed_trainers_directory_is_removed_by_the_next_one(tmp_path: Path) -> None:
+    # A trainer killed with SIGKILL leaves its directory; a live one's is kept.
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    killed = private_directory(tmp_path)
+    (killed / OWNER).write_text(gone.stdout)
+    (killed / "snapshot.pickle").write_bytes(b"x" * 100)
+    alive = private_directory(tmp_path)
+    unrelated = tmp_path / "other-dir"
+    unrelated.mkdir()
+    # Without an owner file (an older version's): removed once untouched for an hour.
+    old = tmp_path / "streamfit-old"
+    old.mkdir()
+    os.utime(old, (1.0, 1.0))
+    recent = tmp_path / "streamfit-recent"
+    recent.mkdir()
+
+    mine = private_directory(tmp_path)
+
+    assert not killed.exists() and not old.exists()
+    assert alive.is_dir() and recent.is_dir() and unrelated.is_dir() and mine.is_dir()
+    assert (mine / OWNER).read_text().strip() == str(os.getpid())
+    assert oct(mine.stat().st_mode & 0o777) == oct(0o700)
 
 
 def test_the_trainers_metrics_add_the_workers(tmp_path: Path) -> None:
