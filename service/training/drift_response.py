@@ -33,11 +33,19 @@ class DriftResponse:
     def watching(self) -> bool:
         return self.policy is not DriftPolicy.NONE
 
-    def observe(self, learner: Any, mean_loss: float, count: int) -> None:
-        """Feed one batch's mean prequential loss; on a drift, record it and apply the policy."""
+    @property
+    def changes_learner(self) -> bool:
+        """The policy acts on the learner itself (so before the next mini-batch is learned)."""
+        return self.policy is DriftPolicy.RESET_OPTIMIZER
+
+    def observe(
+        self, learner: Any, mean_loss: float, count: int, samples: int | None = None
+    ) -> None:
+        """Feed one batch's mean prequential loss; on a drift, record it and apply the policy.
+        `samples`: the stream position after the batch (default: the learner's count)."""
         if not self.watching:
             return
-        samples = learner.samples_trained
+        samples = learner.samples_trained if samples is None else samples
         if not self.detector.update(mean_loss, samples=samples, count=count):
             return
         info = dict(self.detector.last_drift or {})

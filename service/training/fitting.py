@@ -41,6 +41,7 @@ from service.model.inputs import Batch, concat, take
 from service.model.startup import check_model
 from service.online_stats import PrequentialWindow
 from service.settings import Settings
+from service.training.pipeline import handoff_records
 
 log = logging.getLogger(__name__)
 
@@ -152,11 +153,14 @@ def train_epochs(
         order = np.random.default_rng([seed, epoch]).permutation(n)
         metrics = PrequentialWindow(window=n + 1, task=learner.task)
         with tqdm(total=n, unit="rec", desc=f"epoch {epoch}/{epochs}", disable=not progress) as bar:
-            for start in range(0, n, batch_size):
-                rows = order[start : start + batch_size]
+            # Several mini-batches per compiled call, as the service's learner thread learns.
+            chunk = handoff_records(batch_size)
+            for start in range(0, n, chunk):
+                rows = order[start : start + chunk]
                 labels = data.labels[rows]
-                result = learner.learn(take(data.features, rows), labels)
-                metrics.add(result.outputs, labels)
+                results = learner.learn_in_order(take(data.features, rows), labels, batch_size)
+                for first, result in zip(range(0, len(rows), batch_size), results, strict=True):
+                    metrics.add(result.outputs, labels[first : first + result.samples])
                 bar.update(len(rows))
                 bar.set_postfix(
                     {k: f"{v:.4f}" for k, v in metrics.metrics().items() if v is not None}

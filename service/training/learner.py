@@ -2,7 +2,10 @@
 
 `Learner.learn(x, y)` scores a batch with the model as it is, then trains on it once; both
 happen in one compiled TensorFlow function with a fixed input signature, so variable batch
-sizes never retrace. The model is whatever `STREAMFIT_MODEL` names (`service.model.resolve`),
+sizes never retrace. `Learner.learn_in_order(x, y, batch_size)` does the same for each
+mini-batch of `batch_size` rows in turn, in one call of the same function (a loop in the
+graph): the thread that calls it takes Python's interpreter lock once per call rather than once
+per mini-batch. The model is whatever `STREAMFIT_MODEL` names (`service.model.resolve`),
 for a binary, multiclass or regression task; its inputs are one matrix [n, F] or one column
 per named input. The learner is not thread-safe: one worker thread owns it.
 """
@@ -130,12 +133,13 @@ class Learner:
         self.samples_trained = 0
         self.batches_trained = 0
         self.last_loss: float | None = None
-        self._step = tf.function(self._test_then_train, input_signature=self._signature())
+        self._step = tf.function(self._learn_in_order, input_signature=self._signature())
 
     # -- the compiled step -------------------------------------------------------------------
 
     def _signature(self) -> list[Any]:
         labels = tf.TensorSpec([None], tf.float32)
+        size = tf.TensorSpec([], tf.int32)  # rows per mini-batch
         if self.inputs.named:
             ranks = self.inputs.ranks or (2,) * self.inputs.width
             spec = {
@@ -147,29 +151,64 @@ class Learner:
                     self.inputs.names, self.inputs.kinds, ranks, strict=True
                 )
             }
-            return [spec, labels]
+            return [spec, labels, size]
         width = self.inputs.width
         return [
             tf.TensorSpec([None, width], tf.float32),  # raw features
             labels,
+            size,
             tf.TensorSpec([], tf.float64),  # standardizer: count
             tf.TensorSpec([width], tf.float64),  # mean
             tf.TensorSpec([width], tf.float64),  # m2
         ]
 
+    def _learn_in_order(self, x: Any, y: tf.Tensor, size: tf.Tensor, *stats: tf.Tensor) -> Any:
+        """Test-then-train each mini-batch of `size` rows in order: a loop in the graph, one
+        iteration after the other (each one's update is the next one's model).
+
+        Per mini-batch: outputs (concatenated), loss and prequential sums; once, after the
+        last: the weights and the standardizer's statistics.
+        """
+        stats = stats if self.plan.standardize else ()
+        steps = (tf.shape(y)[0] + size - 1) // size
+        outputs = tf.TensorArray(tf.float32, size=steps, infer_shape=False)
+        losses = tf.TensorArray(tf.float32, size=steps)
+        firsts = tf.TensorArray(tf.float64, size=steps)
+        seconds = tf.TensorArray(tf.float64, size=steps)
+        for i in tf.range(steps):
+            tf.autograph.experimental.set_loop_options(parallel_iterations=1)
+            rows = slice(i * size, (i + 1) * size)
+            x_i = tf.nest.map_structure(lambda column: column[rows], x)  # noqa: B023
+            output, loss, stats, first, second = self._test_then_train(x_i, y[rows], *stats)
+            outputs = outputs.write(i, tf.cast(output, tf.float32))
+            losses = losses.write(i, tf.cast(loss, tf.float32))
+            firsts = firsts.write(i, first)
+            seconds = seconds.write(i, second)
+        # The updated weights, read in the same graph call (ordered after the updates by
+        # automatic control dependencies): far cheaper than get_weights() afterwards.
+        weights = [tf.identity(w) for w in self.model.weights]
+        return (
+            outputs.concat(),
+            losses.stack(),
+            weights,
+            stats,
+            firsts.stack(),
+            seconds.stack(),
+        )
+
     def _test_then_train(self, x: Any, y: tf.Tensor, *stats: tf.Tensor) -> tuple[Any, ...]:
-        """Standardize, score, update the standardizer, standardize again, train: one call.
+        """Standardize, score, update the standardizer, standardize again, train: one
+        mini-batch, in the graph.
 
         The standardizer's statistics go in and come out as tensors (the Python
-        `RunningStandardizer` stays the owner), so a whole batch is a single hand-off to
-        TensorFlow: the worker thread takes the GIL back once per batch, not once per NumPy
+        `RunningStandardizer` stays the owner), so whole batches are a single hand-off to
+        TensorFlow: the worker thread takes the GIL back once per call, not once per NumPy
         operation, which matters while the event loop holds it decoding the next batch.
         """
-        if stats and self.plan.standardize:
+        if stats:
             x_before, x_after, stats = self._standardized(x, *stats)
         else:
             x_before = x_after = x
-            stats = ()
         outputs = self.model(x_before, training=False)
         with tf.GradientTape() as tape:
             predicted = self.model(x_after, training=True)
@@ -179,11 +218,8 @@ class Learner:
         variables = self.model.trainable_variables
         gradients = tape.gradient(loss, variables)
         self.optimizer.apply_gradients(zip(gradients, variables, strict=True))
-        # The updated weights, read in the same graph call (ordered after the update by
-        # automatic control dependencies): far cheaper than get_weights() afterwards.
-        weights = [tf.identity(w) for w in self.model.weights]
         first, second = self._prequential_sums(outputs, y)
-        return (outputs, loss, weights, *stats, first, second)
+        return outputs, loss, stats, first, second
 
     def _standardized(
         self, x: tf.Tensor, count: tf.Tensor, mean: tf.Tensor, m2: tf.Tensor
@@ -244,28 +280,51 @@ class Learner:
 
     def learn(self, x: Batch, y: np.ndarray) -> BatchResult:
         """Score the batch with the current model (test), then train on it once (train)."""
+        if not y.shape[0]:
+            raise ValueError("nothing to learn: the batch is empty")
+        return self.learn_in_order(x, y, int(y.shape[0]))[0]
+
+    def learn_in_order(self, x: Batch, y: np.ndarray, batch_size: int) -> list[BatchResult]:
+        """`learn` each mini-batch of `batch_size` rows in turn (the last may be fewer), in one
+        compiled call; their results in order."""
         n = int(y.shape[0])
+        if n == 0:
+            return []
         labels = y.astype(np.float32, copy=False)
+        size = np.int32(min(batch_size, n))
         if self.inputs.named:
             assert isinstance(x, dict)
-            outputs, loss, weights, first, second = self._step(x, labels)
+            outputs, losses, weights, _, firsts, seconds = self._step(x, labels, size)
         else:
             s = self.standardizer
             assert isinstance(x, np.ndarray)
-            result = self._step(x.astype(np.float32, copy=False), labels, s.count, s.mean, s.m2)
-            if self.plan.standardize:
-                outputs, loss, weights, count, mean, m2, first, second = result
+            features = x.astype(np.float32, copy=False)
+            outputs, losses, weights, stats, firsts, seconds = self._step(
+                features, labels, size, s.count, s.mean, s.m2
+            )
+            if stats:
+                count, mean, m2 = stats
                 s.count, s.mean, s.m2 = int(count), mean.numpy(), m2.numpy()
-            else:
-                outputs, loss, weights, first, second = result
         self._weights_after_step = weights
-        first, second = float(first), float(second)
-        self.prequential.add_totals(n, first, second)
-        self.history.observe(self.samples_trained + n, self.prequential)
-        self.samples_trained += n
-        self.batches_trained += 1
-        self.last_loss = float(loss)
-        return BatchResult(np.asarray(outputs), self.last_loss, n, second / max(n, 1))
+        outputs = np.asarray(outputs)
+        results = []
+        for start, loss, first, second in zip(
+            range(0, n, int(size)),
+            losses.numpy().tolist(),
+            firsts.numpy().tolist(),
+            seconds.numpy().tolist(),
+            strict=True,
+        ):
+            rows = min(int(size), n - start)
+            self.prequential.add_totals(rows, first, second)
+            self.history.observe(self.samples_trained + rows, self.prequential)
+            self.samples_trained += rows
+            self.batches_trained += 1
+            self.last_loss = loss
+            results.append(
+                BatchResult(outputs[start : start + rows], loss, rows, second / max(rows, 1))
+            )
+        return results
 
     def warm_up(self) -> None:
         """Trace the compiled step now, without running it, so the first batch does not pay for

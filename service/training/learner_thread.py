@@ -18,11 +18,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-import numpy as np
-
 from service import metrics
 from service.codec import DecodedBatch
-from service.model.inputs import Batch
 from service.serving.snapshot import SnapshotHolder, snapshot_from_learner
 from service.settings import Settings
 from service.training.challenger import ChampionChallenger, Roles
@@ -137,23 +134,43 @@ class LearnerThread:
     def _learn(self, batch: DecodedBatch) -> None:
         """Test-then-train the hand-off's mini-batches of up to BATCH_SIZE rows, in order."""
         assert self.pair is not None
-        for features, labels in batch.mini_batches(self.settings.batch_size):
-            self._learn_mini_batch(features, labels)
+        size = self.settings.batch_size
+        if self.pair.challenger is None and not self.drift.changes_learner:
+            self._learn_in_one_call(batch, size)
+        else:
+            # A promotion or a reset of the optimizer may act between two mini-batches.
+            for features, labels in batch.mini_batches(size):
+                started = time.perf_counter()
+                result, promoted = self.pair.learn(features, labels)
+                self.drift.observe(self.learner, result.prequential_loss, result.samples)
+                self._learned(1, result.samples, started, promote=promoted is not None)
         self._update_metrics()  # gauges: the state after the whole hand-off is what they show
 
-    def _learn_mini_batch(self, features: Batch, labels: np.ndarray) -> None:
+    def _learn_in_one_call(self, batch: DecodedBatch, size: int) -> None:
+        """Nothing acts between mini-batches: all of them in one compiled call (the lock
+        taken once per hand-off, not once per mini-batch), then each one's loss to the drift
+        detector at its own position in the stream."""
         started = time.perf_counter()
-        assert self.pair is not None
-        result, promoted = self.pair.learn(features, labels)
-        self.drift.observe(self.learner, result.prequential_loss, result.samples)
+        results = self.learner.learn_in_order(batch.features, batch.labels, size)
+        position = self.learner.samples_trained - len(batch)
+        for result in results:
+            position += result.samples
+            self.drift.observe(self.learner, result.prequential_loss, result.samples, position)
+        self._learned(len(results), len(batch), started)
+
+    def _learned(self, batches: int, samples: int, started: float, promote: bool = False) -> None:
+        """Serve the update if due (a promotion at once), and count it: `batches` mini-batches
+        of `samples` rows in all, learned since `started`."""
         now = time.monotonic()
-        if promoted is not None or now - self._last_publish >= self._snapshot_interval_s:
-            self._publish()  # a promotion is served at once
+        if promote or now - self._last_publish >= self._snapshot_interval_s:
+            self._publish()
         else:
             self._unpublished = True  # published when the stream pauses (publish_pending)
-        metrics.TRAIN_BATCH_DURATION.observe(time.perf_counter() - started)
-        metrics.SAMPLES_TRAINED.inc(result.samples)
-        metrics.BATCHES_TRAINED.inc()
+        each = (time.perf_counter() - started) / batches
+        for _ in range(batches):
+            metrics.TRAIN_BATCH_DURATION.observe(each)
+        metrics.SAMPLES_TRAINED.inc(samples)
+        metrics.BATCHES_TRAINED.inc(batches)
 
     def _publish(self) -> None:
         # The served version is the holder's: a checkpoint raises it from the event loop.

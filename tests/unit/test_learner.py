@@ -217,3 +217,72 @@ def test_restore_with_mismatched_optimizer_state_is_refused() -> None:
 def test_unknown_architecture_is_refused() -> None:
     with pytest.raises(ValueError, match="cnn"):
         builtin_learner(18, "cnn")
+
+
+def _rows(settings: dict[str, object], n: int) -> tuple[object, np.ndarray]:
+    rng = np.random.default_rng(4)
+    if settings.get("model") == "tests.user_models:payments":
+        x: object = {
+            "amount": rng.gamma(2.0, 25.0, (n, 1)).astype(np.float32),
+            "country": rng.choice(["FR", "US", "XX"], (n, 1)).astype(object),
+            "hour": rng.integers(0, 24, (n, 1)).astype(np.float32),
+        }
+        return x, rng.integers(0, 2, n).astype(np.float32)
+    x_matrix, y = synthetic_susy(n, seed=4)
+    if settings.get("task") == "multiclass":
+        y = rng.integers(0, 3, n)
+    elif settings.get("task") == "regression":
+        y = x_matrix[:, 0] * 2.0 + rng.normal(0, 0.1, n)
+    return x_matrix, y.astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"model": "mlp"},
+        {"model": "linear", "standardize": "off"},
+        {"task": "multiclass", "num_classes": 3},
+        {"task": "regression"},
+        {"model": "tests.user_models:payments", "message_format": "json"},
+    ],
+)
+def test_mini_batches_learned_in_one_call_are_learned_as_one_call_each(
+    settings: dict[str, object],
+) -> None:
+    """`learn_in_order` (the loop in the graph) gives exactly what `learn` per mini-batch
+    gives: the same outputs, weights, optimizer state, standardizer and prequential metrics."""
+    from service.settings import Settings
+    from service.training.learner import learner_for
+
+    x, y = _rows(settings, 300)
+
+    def rows(start: int, stop: int) -> object:
+        if isinstance(x, dict):
+            return {name: column[start:stop] for name, column in x.items()}
+        return x[start:stop]  # type: ignore[index]
+
+    one_by_one = learner_for(Settings(seed=3, **settings))  # type: ignore[arg-type]
+    in_order = learner_for(Settings(seed=3, **settings))  # type: ignore[arg-type]
+    in_order.restore(one_by_one.state())  # the same initial weights and dropout state
+
+    expected = [one_by_one.learn(rows(s, s + 64), y[s : s + 64]) for s in range(0, 300, 64)]  # type: ignore[arg-type]
+    results = in_order.learn_in_order(rows(0, 300), y, 64)  # type: ignore[arg-type]
+
+    assert [r.samples for r in results] == [64, 64, 64, 64, 44]
+    for mine, theirs in zip(results, expected, strict=True):
+        np.testing.assert_array_equal(mine.outputs, theirs.outputs)
+        assert mine.loss == pytest.approx(theirs.loss, rel=1e-6)
+        assert mine.prequential_loss == pytest.approx(theirs.prequential_loss, rel=1e-12)
+    mine_state, theirs_state = in_order.state(), one_by_one.state()
+    for key in ("weights", "optimizer", "model_state"):
+        for a, b in zip(mine_state[key], theirs_state[key], strict=True):
+            np.testing.assert_array_equal(a, b)
+    for a, b in zip(
+        mine_state["standardizer"].values(), theirs_state["standardizer"].values(), strict=True
+    ):
+        np.testing.assert_array_equal(a, b)
+    assert mine_state["prequential"] == theirs_state["prequential"]
+    assert in_order.batches_trained == 5 and in_order.samples_trained == 300
+    assert len(in_order.history.points) == len(one_by_one.history.points)
+    # `learn` is the same compiled function with one mini-batch: traced once for both.
+    assert in_order._step.experimental_get_tracing_count() == 1

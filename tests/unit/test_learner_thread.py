@@ -43,3 +43,39 @@ def test_a_hand_off_is_learned_as_its_mini_batches_one_after_another() -> None:
         np.testing.assert_array_equal(mine, theirs)
     for mine, theirs in zip(handed_off["optimizer"], one_by_one["optimizer"], strict=True):
         np.testing.assert_array_equal(mine, theirs)
+
+
+def test_drifts_in_a_hand_off_learned_in_one_call_are_placed_at_their_mini_batch() -> None:
+    """One compiled call learns the hand-off; the detector still sees each mini-batch's loss
+    at its own position in the stream, so a drift is found where it would be one by one."""
+    settings = Settings(batch_size=32, seed=5)
+    x, y = synthetic_susy(12_000, seed=3)
+    x, y = x.astype(np.float32), y.astype(np.float32)
+    y[6_000:] = 1 - y[6_000:]  # the concept flips half way
+
+    thread = LearnerThread(settings, SnapshotHolder(), DriftResponse("alert", 0.5))
+    thread._start(None, 0)
+    try:
+        for begin in range(0, len(y), 1024):
+            thread._learn(DecodedBatch(x[begin : begin + 1024], y[begin : begin + 1024]))
+        in_one_call = [e for e in thread.learner.history.events if e["kind"] == "drift"]
+    finally:
+        thread.stop()
+
+    reference = LearnerThread(settings, SnapshotHolder(), DriftResponse("alert", 0.5))
+    reference._start(None, 0)
+    try:
+        learner, drift = reference.learner, reference.drift
+        for begin in range(0, len(y), 32):
+            result = learner.learn(x[begin : begin + 32], y[begin : begin + 32])
+            drift.observe(learner, result.prequential_loss, result.samples)
+        one_by_one = [e for e in learner.history.events if e["kind"] == "drift"]
+    finally:
+        reference.stop()
+
+    def placed(events: list[dict[str, object]]) -> list[dict[str, object]]:
+        return [{k: v for k, v in e.items() if k != "time"} for e in events]
+
+    assert in_one_call, "the flip must be detected"
+    assert placed(in_one_call) == placed(one_by_one)
+    assert any(e["onset"] % 1024 for e in in_one_call)  # inside a hand-off
