@@ -61,7 +61,7 @@ def test_an_mlp_challenger_replaces_a_linear_champion(
 def test_a_kill_9_restart_keeps_both_models_exactly_once_and_the_roles(
     service_factory: Any, broker: Any, topic: str
 ) -> None:
-    total = produce_synthetic(broker.bootstrap, topic, rows=12_000, partitions=2, seed=7)
+    total = produce_synthetic(broker.bootstrap, topic, rows=30_000, partitions=2, seed=7)
     settings = {"model": "linear", "challenger_model": "mlp", "batch_size": 32}
     service = service_factory(checkpoint_interval_s=0.2, **settings).start()
 
