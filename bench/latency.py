@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -41,17 +42,29 @@ def load_tool() -> str:
 
 
 def generate_load(
-    service: Service, duration_s: float, connections: int = CONNECTIONS, threads: int = 2
+    service: Service,
+    duration_s: float,
+    connections: int = CONNECTIONS,
+    threads: int = 2,
+    pause_ms: float | None = None,
 ) -> dict[str, Any]:
     """Run the load generator for duration_s; its JSON summary (latencies in microseconds).
 
     `threads` is wrk's (at most one per connection); the Python generator is one thread.
+    `pause_ms` (wrk only): each connection waits a random time of this mean (exponential, so
+    the connections do not fall into step) after an answer before its next request, which
+    offers a rate instead of saturating the service.
     """
+    environ = None
     if load_tool() == "wrk":
         command = [
             "wrk", f"-t{min(connections, threads)}", f"-c{connections}", f"-d{duration_s:.0f}s",
             "--timeout", "5s", "-s", str(LUA), service.url + PATH,
         ]  # fmt: skip
+        if pause_ms is not None:
+            environ = {**os.environ, "BENCH_PAUSE_MS": str(pause_ms)}
+    elif pause_ms is not None:
+        raise RuntimeError("a paced load needs wrk")
     else:
         body = json.dumps({"instances": [INSTANCE]})
         command = [
@@ -59,8 +72,18 @@ def generate_load(
             "--body", body, "--connections", str(connections), "--duration", str(duration_s),
         ]  # fmt: skip
     done = subprocess.run(
-        command, cwd=ROOT, capture_output=True, text=True, timeout=duration_s + 60, check=True
+        command,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=duration_s + 60,
+        check=True,
+        env=environ,
     )
+    return _summary(command, done)
+
+
+def _summary(command: list[str], done: subprocess.CompletedProcess[str]) -> dict[str, Any]:
     for line in done.stdout.splitlines():
         if line.startswith("BENCH_JSON "):
             return dict(json.loads(line.removeprefix("BENCH_JSON ")))

@@ -15,3 +15,14 @@ done = function(summary, latency, requests)
     latency.mean, latency.min, latency.max, latency:percentile(50), latency:percentile(90),
     latency:percentile(99), latency:percentile(99.9)))
 end
+
+-- BENCH_PAUSE_MS (bench/concurrency.py's paced point): before each request a connection waits a
+-- random pause of this mean in milliseconds, exponentially distributed so the connections do not
+-- fall into step; wrk measures each request's latency from when it is sent.
+local pause = tonumber(os.getenv("BENCH_PAUSE_MS") or "")
+if pause then
+  math.randomseed(os.time())
+  delay = function()
+    return math.floor(-pause * math.log(1 - math.random()) + 0.5)
+  end
+end

@@ -53,6 +53,10 @@ class LearnerThread:
         self._snapshot_interval_s = settings.snapshot_interval_s
         self._last_publish = 0.0
         self._unpublished = False
+        # Hand-offs given to the thread (counted on the event loop) and learned (counted on the
+        # learner thread): one writer each, so the learner thread can tell it has run dry.
+        self._handed = 0
+        self._done = 0
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
@@ -88,6 +92,7 @@ class LearnerThread:
             done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             done.set_result(None)
             return done
+        self._handed += 1
         return asyncio.get_running_loop().run_in_executor(self._executor, self._learn, batch)
 
     async def checkpoint_state(self, version: int) -> dict[str, Any]:
@@ -132,18 +137,27 @@ class LearnerThread:
         self._update_metrics()
 
     def _learn(self, batch: DecodedBatch) -> None:
-        """Test-then-train the hand-off's mini-batches of up to BATCH_SIZE rows, in order."""
+        """Test-then-train the hand-off's mini-batches of up to BATCH_SIZE rows, in order.
+
+        Learned within `SNAPSHOT_INTERVAL_S` of the last snapshot, the update is served with
+        the next one, or now if no other hand-off is queued (the stream is live, not a
+        backlog): the learner would idle anyway, and the newest record waits for nothing."""
         assert self.pair is not None
         size = self.settings.batch_size
-        if self.pair.challenger is None and not self.drift.changes_learner:
-            self._learn_in_one_call(batch, size)
-        else:
-            # A promotion or a reset of the optimizer may act between two mini-batches.
-            for features, labels in batch.mini_batches(size):
-                started = time.perf_counter()
-                result, promoted = self.pair.learn(features, labels)
-                self.drift.observe(self.learner, result.prequential_loss, result.samples)
-                self._learned(1, result.samples, started, promote=promoted is not None)
+        try:
+            if self.pair.challenger is None and not self.drift.changes_learner:
+                self._learn_in_one_call(batch, size)
+            else:
+                # A promotion or a reset of the optimizer may act between two mini-batches.
+                for features, labels in batch.mini_batches(size):
+                    started = time.perf_counter()
+                    result, promoted = self.pair.learn(features, labels)
+                    self.drift.observe(self.learner, result.prequential_loss, result.samples)
+                    self._learned(1, result.samples, started, promote=promoted is not None)
+        finally:
+            self._done += 1
+        if self._unpublished and self._done == self._handed:
+            self._publish()
         self._update_metrics()  # gauges: the state after the whole hand-off is what they show
 
     def _learn_in_one_call(self, batch: DecodedBatch, size: int) -> None:

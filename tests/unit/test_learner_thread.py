@@ -3,6 +3,9 @@ mini-batch on its own, in order: test-then-train per mini-batch of up to BATCH_S
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import numpy as np
 
 from service.codec import DecodedBatch
@@ -79,3 +82,37 @@ def test_drifts_in_a_hand_off_learned_in_one_call_are_placed_at_their_mini_batch
     assert in_one_call, "the flip must be detected"
     assert placed(in_one_call) == placed(one_by_one)
     assert any(e["onset"] % 1024 for e in in_one_call)  # inside a hand-off
+
+
+def test_a_live_streams_update_is_served_once_nothing_is_queued() -> None:
+    """Within SNAPSHOT_INTERVAL_S of the last snapshot, a hand-off's update waits for the next
+    one while others are queued (a backlog), and is served at once when none is (live)."""
+    settings = Settings(batch_size=64, seed=5, snapshot_interval_s=3600)
+    holder = SnapshotHolder()
+    thread = LearnerThread(settings, holder, DriftResponse("alert", 10.0))
+    x, y = synthetic_susy(3 * 256, seed=3)
+    x, y = x.astype(np.float32), y.astype(np.float32)
+    published: list[int] = []
+    publish = holder.publish
+
+    def recording(snapshot: Any) -> None:
+        published.append(snapshot.samples_trained)
+        publish(snapshot)
+
+    holder.publish = recording  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        await thread.start(None, 0)  # the first snapshot: 0 samples
+        await thread.learn(DecodedBatch(x[:256], y[:256]))  # live: nothing else queued
+        # A backlog: two hand-offs queued together, the first one's update waits.
+        await asyncio.gather(
+            thread.learn(DecodedBatch(x[256:512], y[256:512])),
+            thread.learn(DecodedBatch(x[512:], y[512:])),
+        )
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        thread.stop()
+    assert published == [0, 256, 768]
+    assert holder.current is not None and holder.current.samples_trained == 768
