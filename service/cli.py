@@ -136,11 +136,13 @@ def cmd_http_worker(args: argparse.Namespace) -> int:
     from service.serving.workers import (
         CONTROL_SOCKET,
         parent_alive,
+        request_short_slice,
         settings_from_trainer,
         watch_parent,
     )
 
     watch_parent(args.parent)
+    request_short_slice()  # before uvicorn starts its threads: they inherit it
     settings = settings_from_trainer(sys.stdin.buffer.read())
     configure_logging(settings.log_level, settings.log_format)
     shared = Path(args.shared)

@@ -229,3 +229,26 @@ def _samples(text: bytes) -> dict[tuple[str, tuple[str, ...]], float]:
             if "le" not in labels and not (set(labels) - {"route", "method", "status"}):
                 out[(sample.name, key)] = sample.value
     return out
+
+
+def test_a_worker_asks_for_a_short_time_slice() -> None:
+    """In a process of its own (the setting is per thread and inherited): the scheduler's
+    slice for the thread becomes the requested one, the nice value stays."""
+    code = (
+        "import os; from service.serving import workers; os.nice(3); "
+        "print(workers.request_short_slice(0.0003)); "
+        "print(open('/proc/self/sched').read()); print('nice', os.nice(0))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    ).stdout
+    taken, details = out.split("\n", 1)
+    if taken != "True":
+        pytest.skip("this kernel does not take a time slice request (Linux 6.12 and later do)")
+    fields = {
+        key.strip(): value.strip()
+        for key, value in (line.split(":", 1) for line in details.splitlines() if ":" in line)
+    }
+    assert int(fields["se.slice"]) == 300_000
+    assert int(fields["policy"]) == 0
+    assert "nice 3" in out
