@@ -103,11 +103,6 @@ class LearnerThread:
         """Return to a stored state (rollback to checkpoint `version`) and serve it."""
         await self._run(self._adopt, state, version)
 
-    async def publish_pending(self) -> None:
-        """Serve what was learned since the last snapshot (the stream paused)."""
-        if self._unpublished:
-            await self._run(self._publish)
-
     async def record_event(self, kind: str, **info: Any) -> None:
         """Add an event to the learning history at the current sample count."""
         await self._run(self._record_event, kind, info)
@@ -179,7 +174,7 @@ class LearnerThread:
         if promote or now - self._last_publish >= self._snapshot_interval_s:
             self._publish()
         else:
-            self._unpublished = True  # published when the stream pauses (publish_pending)
+            self._unpublished = True  # served once nothing is queued (`_learn`)
         each = (time.perf_counter() - started) / batches
         for _ in range(batches):
             metrics.TRAIN_BATCH_DURATION.observe(each)

@@ -144,16 +144,15 @@ class LearnPipeline:
             self._inflight.append(_InFlight(self.learner.learn(decoded), batches, used))
 
     async def idle(self) -> None:
-        """A poll brought nothing: settle a full pipeline's oldest batch, all batches once the
-        stream is idle, or serve what was learned since the last snapshot."""
+        """A poll brought nothing: settle a full pipeline's oldest batch, or all batches once
+        the stream is idle. (What they taught is served already: the learner thread serves its
+        update once nothing is queued.)"""
         if len(self._inflight) >= PIPELINE_DEPTH:
             async with self.lock:
                 await self._settle_oldest()
         elif self._inflight:
             async with self.lock:
                 await self.settle()
-        else:
-            await self.learner.publish_pending()
 
     async def settle(self) -> None:
         """Wait for every batch in flight, in order; their offsets advance. Hold `lock`."""
