@@ -57,29 +57,31 @@ def _arrays(records: list[SimpleNamespace]) -> tuple[np.ndarray, np.ndarray]:
     return decoded.features, decoded.labels
 
 
+def _step(learner: Any, batch_size: int, per_call: bool = False) -> tuple[Any, int]:
+    """How the limit calls the learner, and on how many rows per call: hand-offs of the
+    service's size, each learned in order in one call (`Learner.learn_in_order`, as the
+    service's learner thread does); with `per_call`, or for a measured source older than it,
+    one call per mini-batch (`Learner.learn`)."""
+    in_order = getattr(learner, "learn_in_order", None)
+    if per_call or in_order is None:
+        return learner.learn, batch_size
+    return (lambda x, y: in_order(x, y, batch_size)), handoff_records(batch_size)
+
+
 def in_memory_rate(
     x: np.ndarray, y: np.ndarray, batch_size: int, per_call: bool = False
 ) -> tuple[float, dict[str, Any]]:
-    """records/s of the learner's compiled step over the arrays (first, tracing call excluded):
-    in hand-offs of the service's size, each learned in order in one call
-    (`Learner.learn_in_order`), as the service's learner thread does; with `per_call`, one
-    call per mini-batch (`Learner.learn`), as before hand-offs were learned in one call."""
+    """records/s of the learner's compiled step over the arrays, called as `_step` says
+    (first, tracing call excluded)."""
     from service.training.learner import builtin_learner
 
     learner = builtin_learner(x.shape[1])
-    handoff = handoff_records(batch_size)
-    in_order = getattr(learner, "learn_in_order", None)  # absent from older measured sources
-    if per_call or in_order is None:
-        handoff = batch_size
-
-        def in_order(x: np.ndarray, y: np.ndarray, size: int) -> Any:
-            return learner.learn(x, y)
-
-    in_order(x[:handoff], y[:handoff], batch_size)
+    step, rows = _step(learner, batch_size, per_call)
+    step(x[:rows], y[:rows])
     cpu = CpuWindow().start()
     started, cpu_started = time.perf_counter(), time.process_time()
-    for start in range(0, len(y), handoff):
-        in_order(x[start : start + handoff], y[start : start + handoff], batch_size)
+    for start in range(0, len(y), rows):
+        step(x[start : start + rows], y[start : start + rows])
     elapsed, cpu_s = time.perf_counter() - started, time.process_time() - cpu_started
     window = cpu.stop()
     window["records_per_cpu_s"] = len(y) / cpu_s
@@ -99,22 +101,18 @@ def components(records: list[SimpleNamespace], batch_size: int, batches: int) ->
     decode_s = (time.perf_counter() - started) / len(chunks)
     learner = builtin_learner(18)
     learner.learn(decoded[0].features, decoded[0].labels)
-    per_handoff = max(1, handoff_records(batch_size) // batch_size)
-    handoffs = [
+    step, rows = _step(learner, batch_size)
+    per_call = max(1, rows // batch_size)  # decoded batches per call
+    calls = [
         (
-            np.concatenate([b.features for b in decoded[i : i + per_handoff]]),
-            np.concatenate([b.labels for b in decoded[i : i + per_handoff]]),
+            np.concatenate([b.features for b in decoded[i : i + per_call]]),
+            np.concatenate([b.labels for b in decoded[i : i + per_call]]),
         )
-        for i in range(0, len(decoded), per_handoff)
+        for i in range(0, len(decoded), per_call)
     ]
-    learn_in_order = getattr(learner, "learn_in_order", None)
     started = time.perf_counter()
-    if learn_in_order is None:  # an older measured source: one call per mini-batch
-        for batch in decoded:
-            learner.learn(batch.features, batch.labels)
-    else:
-        for features, labels in handoffs:
-            learn_in_order(features, labels, batch_size)
+    for features, labels in calls:
+        step(features, labels)
     learn_s = (time.perf_counter() - started) / len(decoded)
     started = time.perf_counter()
     for _ in decoded:
