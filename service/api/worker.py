@@ -53,6 +53,7 @@ _DROP_RESPONSE = {
 
 # One line per forwarded request would be the access log the service does not keep.
 logging.getLogger("httpx").setLevel(logging.WARNING)
+log = logging.getLogger(__name__)
 
 
 class Forwarder:
@@ -110,7 +111,9 @@ def create_worker_app(
     Request context (id, body limit, metrics) and the fast predict path wrap the FastAPI app
     from outside, so the common prediction request skips FastAPI's own middleware too.
 
-    Readiness is forwarded too, but a worker that holds no model yet answers 503 itself, so
+    A worker loads the served model before it accepts its first connection (the trainer has
+    one unless it is starting). Readiness is forwarded too, but a worker that holds no model
+    yet answers 503 itself, so
     a client told "ready" is never answered "no model loaded" by a worker. `alive` (the
     trainer's process still runs) is polled where the kernel does not end orphans itself.
     """
@@ -130,6 +133,12 @@ def create_worker_app(
         # collection (tens of milliseconds over these objects) never stalls a request.
         gc.collect()
         gc.freeze()
+        # The served model before the first accept (uvicorn accepts once this returns): a
+        # worker started again while others serve must not take requests it answers 503.
+        try:
+            await asyncio.to_thread(reader.refresh)
+        except Exception:
+            log.exception("could not load the served model from the trainer")
         tasks = [asyncio.create_task(reader.follow(), name="streamfit-snapshot-reader")]
         if alive is not None:
             tasks.append(asyncio.create_task(_exit_with_parent(alive), name="streamfit-parent"))

@@ -4,11 +4,13 @@ handed through a file, and the trainer's /metrics with a worker's metrics summed
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import keras
 import numpy as np
 import pytest
@@ -149,6 +151,58 @@ def test_a_reader_loads_each_snapshot_the_writer_writes_once(tmp_path: Path) -> 
     x = np.ones((3, 18), np.float32)
     np.testing.assert_array_equal(served.current.predict(x), second.predict(x))  # type: ignore[union-attr]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["snapshot.pickle"]  # no temp left
+
+
+def test_a_worker_holds_the_served_model_before_it_accepts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """uvicorn accepts once the app's start-up returns: a worker started again while the
+    other one serves must already hold the model, or a client it takes is answered 503."""
+    from service.api.worker import create_worker_app
+
+    SnapshotWriter(SnapshotHolder(), tmp_path).write(
+        snapshot_from_checkpoint(Checkpoint(version=3, state=servable_state(), offsets={}))
+    )
+
+    async def never(self: SnapshotReader) -> None:  # only the start-up load may serve it
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(SnapshotReader, "follow", never)
+    app = create_worker_app(Settings(), tmp_path, tmp_path / workers.CONTROL_SOCKET)
+    body = json.dumps({"instances": np.ones((1, 18)).tolist()}).encode()
+
+    async def scenario() -> tuple[int, dict[str, object]]:
+        startup, shutdown = asyncio.Event(), asyncio.Event()
+
+        async def receive() -> dict[str, str]:
+            if not startup.is_set():
+                startup.set()
+                return {"type": "lifespan.startup"}
+            await shutdown.wait()
+            return {"type": "lifespan.shutdown"}
+
+        started = asyncio.Event()
+
+        async def send(message: dict[str, object]) -> None:
+            if message["type"] == "lifespan.startup.complete":
+                started.set()
+
+        lifespan = asyncio.create_task(app({"type": "lifespan"}, receive, send))
+        await asyncio.wait_for(started.wait(), 10)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://worker") as client:
+            answer = await client.post(
+                f"/v1/models/{Settings().model_name}:predict",
+                content=body,
+                headers={"content-type": "application/json"},
+            )
+        shutdown.set()
+        await asyncio.wait_for(lifespan, 10)
+        return answer.status_code, answer.json()
+
+    status, answer = asyncio.run(scenario())
+    assert status == 200, answer
+    assert len(answer["predictions"]) == 1  # type: ignore[arg-type]
 
 
 async def _until(condition, timeout_s: float = 5.0) -> None:  # type: ignore[no-untyped-def]
