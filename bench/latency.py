@@ -79,6 +79,7 @@ def generate_load(
         timeout=duration_s + 60,
         check=True,
         env=environ,
+        start_new_session=True,  # another process, as from another terminal or machine
     )
     return _summary(command, done)
 

@@ -101,6 +101,9 @@ class Service:
                 cwd=self.source,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                # A session of its own, as a container's or a unit's main process has: where
+                # Linux schedules by session (autogroup), the trainer's share is its own.
+                start_new_session=True,
             )
         if wait_ready:
             poll_until(self._ready, timeout_s, 0.1, "the service ready")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import signal
 import subprocess
@@ -95,7 +96,13 @@ def serve(settings: Settings) -> int:
     from service.api import create_app
     from service.logs import configure_logging
     from service.serving.shared import private_directory
-    from service.serving.workers import HttpWorkers, listening_socket, worker_count
+    from service.serving.workers import (
+        HttpWorkers,
+        listening_socket,
+        lower_session_group,
+        trainer_nice,
+        worker_count,
+    )
 
     configure_logging(settings.log_level, settings.log_format)
     # The learner thread runs Python between TensorFlow kernels; a shorter GIL switch
@@ -113,6 +120,11 @@ def serve(settings: Settings) -> int:
             )
             return 2
         workers = HttpWorkers(settings, count, listener, private_directory())
+        if lower_session_group(trainer_nice(settings)):
+            logging.getLogger(__name__).info(
+                "the trainer's session runs at nice %d below its HTTP workers",
+                settings.trainer_nice,
+            )
     app = create_app(settings, workers=workers)
     where: dict[str, Any] = (
         {"uds": str(workers.control_socket)}

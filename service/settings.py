@@ -97,6 +97,9 @@ class Settings(BaseSettings):
     # interpreter lock for the consumer and the learner. `auto`: half the CPUs (at least one;
     # none on one CPU, in the predictor role, or with LABELS_TOPIC).
     http_workers: int | Literal["auto"] = Field("auto", union_mode="left_to_right")
+    # With HTTP workers, the trainer's learning runs this much lower (nice) than they do, so a
+    # request preempts it; 0: the same priority (service.serving.workers.trainer_nice).
+    trainer_nice: int = Field(10, ge=0, le=19)
     http_host: str = "127.0.0.1"
     http_port: int = Field(8000, ge=0, le=65535)
     max_request_bytes: int = Field(4_000_000, ge=1024)

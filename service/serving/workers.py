@@ -252,3 +252,38 @@ def request_short_slice(slice_s: float = WORKER_SLICE_S) -> bool:
         log.debug("short time slice refused", extra={"errno": ctypes.get_errno()})
         return False
     return True
+
+
+def trainer_nice(settings: Settings) -> int:
+    """How much lower than its HTTP workers the trainer's learning runs (a nice value): its
+    `TRAINER_NICE` where it has workers, else 0 (nobody to yield to)."""
+    return settings.trainer_nice if worker_count(settings) else 0
+
+
+def lower_this_thread(nice: int) -> bool:
+    """Run the calling thread (and the threads it starts, e.g. TensorFlow's pools) at `nice`,
+    so an HTTP worker that wakes takes a CPU from it first; the event loop keeps its own
+    priority (the workers it starts inherit it). Linux: nice is per thread. True if set."""
+    if nice <= 0 or not sys.platform.startswith("linux"):
+        return False
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, max(nice, os.getpriority(os.PRIO_PROCESS, 0)))
+    except OSError:
+        return False
+    return True
+
+
+def lower_session_group(nice: int, proc: Path = Path("/proc/self")) -> bool:
+    """Where Linux schedules by session (autogroup: enabled, and this process in the root CPU
+    cgroup, as on a host rather than in a container), per-thread nice counts only inside
+    the session, and each HTTP worker is a session of its own: lower this session's group
+    instead, but only if this process leads the session, so a terminal's shell is never
+    lowered with it. True if set."""
+    group = proc / "autogroup"
+    if nice <= 0 or not group.exists() or os.getsid(0) != os.getpid():
+        return False
+    try:
+        group.write_text(f"{nice}\n")
+    except OSError:
+        return False
+    return True

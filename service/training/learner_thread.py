@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 from service import metrics
 from service.codec import DecodedBatch
 from service.serving.snapshot import SnapshotHolder, snapshot_from_learner
+from service.serving.workers import lower_this_thread, trainer_nice
 from service.settings import Settings
 from service.training.challenger import ChampionChallenger, Roles
 from service.training.drift_response import DriftResponse
@@ -49,7 +50,13 @@ class LearnerThread:
         self.challenger_snapshots = challenger_snapshots or SnapshotHolder()
         self.drift = drift
         self.pair: ChampionChallenger | None = None  # once started
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="streamfit-learn")
+        self.nice = trainer_nice(settings)  # below the HTTP workers, where there are any
+        self._executor = ThreadPoolExecutor(
+            1,
+            thread_name_prefix="streamfit-learn",
+            initializer=lower_this_thread,
+            initargs=(self.nice,),
+        )
         self._snapshot_interval_s = settings.snapshot_interval_s
         self._last_publish = 0.0
         self._unpublished = False

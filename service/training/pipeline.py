@@ -33,6 +33,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from service.codec import Codec, DecodedBatch
 from service.feedback import PendingPredictions
 from service.kafka.dead_letters import DeadLetterWriter
+from service.serving.workers import lower_this_thread
 from service.training.learner_thread import LearnerThread
 from service.training.offsets import PartitionOffsets
 
@@ -93,7 +94,12 @@ class LearnPipeline:
         self.lock = asyncio.Lock()
         self.failed: BaseException | None = None
         self._inflight: deque[_InFlight] = deque()
-        self._decode_thread = ThreadPoolExecutor(1, thread_name_prefix="streamfit-decode")
+        self._decode_thread = ThreadPoolExecutor(
+            1,
+            thread_name_prefix="streamfit-decode",
+            initializer=lower_this_thread,
+            initargs=(learner.nice,),  # the learner thread's priority
+        )
 
     def poll_wait_ms(self) -> int:
         """How long the next poll may wait for records.

@@ -306,3 +306,56 @@ def test_a_worker_asks_for_a_short_time_slice() -> None:
     assert int(fields["se.slice"]) == 300_000
     assert int(fields["policy"]) == 0
     assert "nice 3" in out
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        ({"http_workers": 1}, 10),
+        ({"http_workers": 1, "trainer_nice": 5}, 5),
+        ({"http_workers": 0}, 0),
+    ],
+)
+def test_the_trainer_yields_to_its_workers_only_when_it_has_some(
+    settings: dict[str, int], expected: int
+) -> None:
+    assert workers.trainer_nice(Settings(**settings)) == expected  # type: ignore[arg-type]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="nice is per thread on Linux")
+def test_a_lowered_thread_leaves_the_event_loop_thread_as_it_was() -> None:
+    code = (
+        "import os, threading; from service.serving import workers; out = []\n"
+        "nice = lambda: os.getpriority(os.PRIO_PROCESS, 0)\n"
+        "def lowered():\n"
+        "    out.append(workers.lower_this_thread(10)); out.append(nice())\n"
+        "    child = threading.Thread(target=lambda: out.append(nice()))\n"
+        "    child.start(); child.join()\n"
+        "t = threading.Thread(target=lowered); t.start(); t.join()\n"
+        "print(out, nice())"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    lowered = max(10, base)
+    assert done.stdout.split() == ["[True,", f"{lowered},", f"{lowered}]", str(base)]
+
+
+def test_the_session_group_is_lowered_only_by_its_leader(tmp_path: Path) -> None:
+    group = tmp_path / "autogroup"
+    group.write_text("/autogroup-1 nice 0\n")
+    code = (
+        "import sys; from pathlib import Path; from service.serving import workers\n"
+        f"print(workers.lower_session_group(10, Path({str(tmp_path)!r})))"
+    )
+
+    def run(new_session: bool) -> str:
+        return subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=ROOT, capture_output=True, text=True, check=True, start_new_session=new_session,
+        ).stdout.strip()  # fmt: skip
+
+    assert run(new_session=False) == "False" and group.read_text() == "/autogroup-1 nice 0\n"
+    assert run(new_session=True) == "True" and group.read_text() == "10\n"
+    assert not workers.lower_session_group(10, tmp_path / "absent")
