@@ -113,9 +113,9 @@ def create_worker_app(
 
     A worker loads the served model before it accepts its first connection (the trainer has
     one unless it is starting). Readiness is forwarded too, but a worker that holds no model
-    yet answers 503 itself, so
-    a client told "ready" is never answered "no model loaded" by a worker. `alive` (the
-    trainer's process still runs) is polled where the kernel does not end orphans itself.
+    yet answers 503 itself, so a client told "ready" is never answered "no model loaded" by a
+    worker. `alive` (the trainer's process still runs) is polled where the kernel does not end
+    orphans itself.
     """
     holder = SnapshotHolder()
     reader = SnapshotReader(shared, holder)
