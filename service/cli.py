@@ -120,7 +120,7 @@ def serve(settings: Settings) -> int:
             )
             return 2
         workers = HttpWorkers(settings, count, listener, private_directory())
-        if lower_session_group(trainer_nice(settings)):
+        if lower_session_group(trainer_nice(settings, count)):
             logging.getLogger(__name__).info(
                 "the trainer's session runs at nice %d below its HTTP workers",
                 settings.trainer_nice,

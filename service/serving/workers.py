@@ -254,10 +254,10 @@ def request_short_slice(slice_s: float = WORKER_SLICE_S) -> bool:
     return True
 
 
-def trainer_nice(settings: Settings) -> int:
+def trainer_nice(settings: Settings, workers: int) -> int:
     """How much lower than its HTTP workers the trainer's learning runs (a nice value): its
-    `TRAINER_NICE` where it has workers, else 0 (nobody to yield to)."""
-    return settings.trainer_nice if worker_count(settings) else 0
+    `TRAINER_NICE` where `serve` started `workers`, else 0 (nobody to yield to)."""
+    return settings.trainer_nice if workers else 0
 
 
 def lower_this_thread(nice: int) -> bool:

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from service import metrics
 from service.codec import DecodedBatch
 from service.serving.snapshot import SnapshotHolder, snapshot_from_learner
-from service.serving.workers import lower_this_thread, trainer_nice
+from service.serving.workers import lower_this_thread
 from service.settings import Settings
 from service.training.challenger import ChampionChallenger, Roles
 from service.training.drift_response import DriftResponse
@@ -35,7 +35,7 @@ class LearnerThread:
     """The Learners on their own thread: restore, learn, checkpoint state, adopt (rollback).
 
     The champion publishes to `snapshots` (the live model), the challenger to
-    `challenger_snapshots`.
+    `challenger_snapshots`. The thread runs at `nice` (0: as the event loop).
     """
 
     def __init__(
@@ -44,13 +44,14 @@ class LearnerThread:
         snapshots: SnapshotHolder,
         drift: DriftResponse,
         challenger_snapshots: SnapshotHolder | None = None,
+        nice: int = 0,
     ) -> None:
         self.settings = settings
         self.snapshots = snapshots
         self.challenger_snapshots = challenger_snapshots or SnapshotHolder()
         self.drift = drift
         self.pair: ChampionChallenger | None = None  # once started
-        self.nice = trainer_nice(settings)  # below the HTTP workers, where there are any
+        self.nice = nice  # below the HTTP workers, where there are any (see `trainer_nice`)
         self._executor = ThreadPoolExecutor(
             1,
             thread_name_prefix="streamfit-learn",

@@ -103,6 +103,7 @@ class Trainer:
         settings: Settings,
         snapshots: SnapshotHolder,
         pending: PendingPredictions | None = None,
+        nice: int = 0,
     ) -> None:
         self.settings = settings
         self.status = TrainerStatus()
@@ -110,7 +111,7 @@ class Trainer:
         self.drift = DriftResponse(settings.drift_policy, settings.drift_threshold)
         self.live = SnapshotHolder()  # what the learner publishes; `snapshots` is what is served
         self.challenger_live = SnapshotHolder()  # the challenger's (CHALLENGER_MODEL)
-        self.learner = LearnerThread(settings, self.live, self.drift, self.challenger_live)
+        self.learner = LearnerThread(settings, self.live, self.drift, self.challenger_live, nice)
         self.pipeline = LearnPipeline(
             None,  # the codec follows the model's inputs: built in `start`
             self.learner,

@@ -309,17 +309,18 @@ def test_a_worker_asks_for_a_short_time_slice() -> None:
 
 
 @pytest.mark.parametrize(
-    ("settings", "expected"),
+    ("settings", "started", "expected"),
     [
-        ({"http_workers": 1}, 10),
-        ({"http_workers": 1, "trainer_nice": 5}, 5),
-        ({"http_workers": 0}, 0),
+        ({"http_workers": 1}, 1, 10),
+        ({"http_workers": 1, "trainer_nice": 5}, 1, 5),
+        ({"http_workers": 0}, 0, 0),
+        ({"http_workers": 2}, 0, 0),  # an app built without the workers its settings ask for
     ],
 )
 def test_the_trainer_yields_to_its_workers_only_when_it_has_some(
-    settings: dict[str, int], expected: int
+    settings: dict[str, int], started: int, expected: int
 ) -> None:
-    assert workers.trainer_nice(Settings(**settings)) == expected  # type: ignore[arg-type]
+    assert workers.trainer_nice(Settings(**settings), started) == expected  # type: ignore[arg-type]
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="nice is per thread on Linux")

@@ -4,9 +4,12 @@ mini-batch on its own, in order: test-then-train per mini-batch of up to BATCH_S
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 from typing import Any
 
 import numpy as np
+import pytest
 
 from service.codec import DecodedBatch
 from service.serving.snapshot import SnapshotHolder
@@ -116,3 +119,20 @@ def test_a_live_streams_update_is_served_once_nothing_is_queued() -> None:
         thread.stop()
     assert published == [0, 256, 768]
     assert holder.current is not None and holder.current.samples_trained == 768
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="nice is per thread on Linux")
+def test_the_learner_thread_runs_at_the_nice_it_is_given() -> None:
+    """The trainer passes the nice `serve` decided on; 0 (no workers) leaves the thread as is."""
+    here = os.getpriority(os.PRIO_PROCESS, 0)
+    seen = {}
+    for nice in (0, 7):
+        thread = LearnerThread(
+            Settings(), SnapshotHolder(), DriftResponse("alert", 10.0), None, nice
+        )
+        try:
+            seen[nice] = asyncio.run(thread._run(os.getpriority, os.PRIO_PROCESS, 0))
+        finally:
+            thread.stop()
+    assert seen == {0: here, 7: max(7, here)}
+    assert os.getpriority(os.PRIO_PROCESS, 0) == here
