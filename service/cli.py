@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import signal
 import subprocess
@@ -99,9 +98,8 @@ def serve(settings: Settings) -> int:
     from service.serving.workers import (
         HttpWorkers,
         listening_socket,
-        lower_session_group,
-        trainer_nice,
         worker_count,
+        yield_to_workers,
     )
 
     configure_logging(settings.log_level, settings.log_format)
@@ -119,12 +117,8 @@ def serve(settings: Settings) -> int:
                 file=sys.stderr,
             )
             return 2
-        workers = HttpWorkers(settings, count, listener, private_directory())
-        if lower_session_group(trainer_nice(settings, count)):
-            logging.getLogger(__name__).info(
-                "the trainer's session runs at nice %d below its HTTP workers",
-                settings.trainer_nice,
-            )
+        nice = yield_to_workers(settings, count)
+        workers = HttpWorkers(settings, count, listener, private_directory(), nice)
     app = create_app(settings, workers=workers)
     where: dict[str, Any] = (
         {"uds": str(workers.control_socket)}

@@ -25,7 +25,7 @@ from service.serving.follower import CheckpointFollower
 from service.serving.shared import SnapshotWriter
 from service.serving.snapshot import SnapshotHolder
 from service.serving.versions import StoredVersions
-from service.serving.workers import HttpWorkers, trainer_nice
+from service.serving.workers import HttpWorkers
 from service.settings import Settings
 from service.training.trainer import Trainer
 
@@ -81,8 +81,8 @@ class Runtime:
                 self.dataplane.source = self.follower
                 await self.follower.start()
             else:
-                workers = self.workers.count if self.workers is not None else 0
-                nice = trainer_nice(s, workers)  # learning yields to the workers it serves with
+                # Learning yields to the workers it serves with, as `serve` decided.
+                nice = self.workers.trainer_nice if self.workers is not None else 0
                 self.trainer = Trainer(s, self.snapshots, self.dataplane.pending, nice)
                 self.exporter = exporter_for(s)
                 if self.exporter is not None:

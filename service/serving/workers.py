@@ -102,10 +102,16 @@ class HttpWorkers:
     """`count` worker processes on `listener`, sharing `directory` with the trainer."""
 
     def __init__(
-        self, settings: Settings, count: int, listener: socket.socket, directory: Path
+        self,
+        settings: Settings,
+        count: int,
+        listener: socket.socket,
+        directory: Path,
+        trainer_nice: int = 0,
     ) -> None:
         self.settings = settings
         self.count = count
+        self.trainer_nice = trainer_nice  # of the trainer's learn and decode threads
         self.listener = listener
         self.directory = directory
         self.control_socket = directory / CONTROL_SOCKET
@@ -273,11 +279,29 @@ def lower_this_thread(nice: int) -> bool:
     return True
 
 
+def session_groups_apply(
+    proc: Path = Path("/proc"), cgroups: Path = Path("/sys/fs/cgroup")
+) -> bool:
+    """Whether Linux schedules this process by session (autogroup): enabled, and the process in
+    the root CPU cgroup, as on a host. In a container's CPU cgroup it does not apply, even where
+    the cgroup namespace shows that cgroup as `/` (it then has a `cpu.weight`, the root none)."""
+    try:
+        enabled = (proc / "sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
+        lines = (proc / "self/cgroup").read_text().splitlines()
+    except OSError:
+        return False
+    for line in lines:  # "id:controllers:path"; cgroup v1 names cpu, v2 has id 0 and none
+        number, controllers, path = line.split(":", 2)
+        if "cpu" in controllers.split(","):
+            return enabled and path == "/"
+    unified = [path for number, _, path in (x.split(":", 2) for x in lines) if number == "0"]
+    return enabled and unified == ["/"] and not (cgroups / "cpu.weight").exists()
+
+
 def lower_session_group(nice: int, proc: Path = Path("/proc/self")) -> bool:
-    """Where Linux schedules by session (autogroup: enabled, and this process in the root CPU
-    cgroup, as on a host rather than in a container), per-thread nice counts only inside
-    the session, and each HTTP worker is a session of its own: lower this session's group
-    instead, but only if this process leads the session, so a terminal's shell is never
+    """Where Linux schedules by session (`session_groups_apply`), per-thread nice counts only
+    inside the session, and each HTTP worker is a session of its own: lower this session's
+    group instead, but only if this process leads the session, so a terminal's shell is never
     lowered with it. True if set."""
     group = proc / "autogroup"
     if nice <= 0 or not group.exists() or os.getsid(0) != os.getpid():
@@ -287,3 +311,24 @@ def lower_session_group(nice: int, proc: Path = Path("/proc/self")) -> bool:
     except OSError:
         return False
     return True
+
+
+def yield_to_workers(
+    settings: Settings,
+    workers: int,
+    proc: Path = Path("/proc"),
+    cgroups: Path = Path("/sys/fs/cgroup"),
+) -> int:
+    """In `serve`, with `workers` started: make the trainer yield the CPU to them, and return
+    the nice its learn and decode threads run at. Where Linux schedules by session and the
+    trainer leads its own, its session's group is lowered, and its threads keep the event
+    loop's priority (0): lowered threads lose the CPU to their own event loop too, which
+    costs the trainer about 5 % of its rate with no HTTP load (paired benchmark rounds).
+    Elsewhere (a container's CPU cgroup) lowering the threads is what makes them yield."""
+    nice = trainer_nice(settings, workers)
+    if session_groups_apply(proc, cgroups) and lower_session_group(nice, proc / "self"):
+        log.info("the trainer's session runs at nice %d below its HTTP workers", nice)
+        return 0
+    if nice:
+        log.info("the trainer's learn and decode threads run at nice %d", nice)
+    return nice

@@ -51,7 +51,7 @@ class LearnerThread:
         self.challenger_snapshots = challenger_snapshots or SnapshotHolder()
         self.drift = drift
         self.pair: ChampionChallenger | None = None  # once started
-        self.nice = nice  # below the HTTP workers, where there are any (see `trainer_nice`)
+        self.nice = nice  # below the HTTP workers, where it yields to them (`yield_to_workers`)
         self._executor = ThreadPoolExecutor(
             1,
             thread_name_prefix="streamfit-learn",

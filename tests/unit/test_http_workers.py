@@ -360,3 +360,62 @@ def test_the_session_group_is_lowered_only_by_its_leader(tmp_path: Path) -> None
     assert run(new_session=False) == "False" and group.read_text() == "/autogroup-1 nice 0\n"
     assert run(new_session=True) == "True" and group.read_text() == "10\n"
     assert not workers.lower_session_group(10, tmp_path / "absent")
+
+
+def _proc(root: Path, enabled: str, cgroup: str) -> Path:
+    """A stand-in for /proc: the autogroup switch, this process's cgroups and its group."""
+    (root / "sys/kernel").mkdir(parents=True)
+    (root / "sys/kernel/sched_autogroup_enabled").write_text(enabled)
+    (root / "self").mkdir()
+    (root / "self/cgroup").write_text(cgroup)
+    (root / "self/autogroup").write_text("/autogroup-1 nice 0\n")
+    return root
+
+
+@pytest.mark.parametrize(
+    ("enabled", "cgroup", "weight", "expected"),
+    [
+        ("1\n", "4:memory:/a\n2:cpu,cpuacct:/\n0::/\n", False, True),  # v1, a host
+        ("1\n", "2:cpu,cpuacct:/docker/3f2a\n0::/\n", False, False),  # v1, a container
+        ("0\n", "2:cpu,cpuacct:/\n", False, False),  # autogroup off
+        ("1\n", "0::/\n", False, True),  # v2, the root cgroup (it has no cpu.weight)
+        ("1\n", "0::/\n", True, False),  # v2, a container seen through its cgroup namespace
+        ("1\n", "0::/kubepods/pod1/c1\n", True, False),  # v2, a pod's container
+    ],
+)
+def test_session_groups_apply_only_in_the_root_cpu_cgroup(
+    tmp_path: Path, enabled: str, cgroup: str, weight: bool, expected: bool
+) -> None:
+    proc = _proc(tmp_path / "proc", enabled, cgroup)
+    cgroups = tmp_path / "cgroup"
+    cgroups.mkdir()
+    if weight:
+        (cgroups / "cpu.weight").write_text("100\n")
+    assert workers.session_groups_apply(proc, cgroups) is expected
+    assert not workers.session_groups_apply(tmp_path / "absent", cgroups)
+
+
+def test_the_trainer_yields_by_its_session_group_or_else_by_its_threads(tmp_path: Path) -> None:
+    """A session leader on a host lowers its group and keeps its threads at 0; in a container
+    (or sharing a session) its learn and decode threads take the nice instead."""
+    code = (
+        "import sys; from pathlib import Path; from service.serving import workers\n"
+        "from service.settings import Settings\n"
+        "proc, cgroups = Path(sys.argv[1]), Path(sys.argv[2])\n"
+        "print(workers.yield_to_workers(Settings(trainer_nice=7), 1, proc, cgroups))"
+    )
+
+    def run(cgroup: str, new_session: bool) -> tuple[int, str]:
+        root = tmp_path / f"{len(list(tmp_path.iterdir()))}"
+        proc = _proc(root / "proc", "1\n", cgroup)
+        (root / "cgroup").mkdir()
+        out = subprocess.run(
+            [sys.executable, "-c", code, str(proc), str(root / "cgroup")],
+            cwd=ROOT, capture_output=True, text=True, check=True, start_new_session=new_session,
+        ).stdout.strip()  # fmt: skip
+        return int(out), (proc / "self/autogroup").read_text()
+
+    assert run("1:cpu:/\n", new_session=True) == (0, "7\n")
+    assert run("1:cpu:/docker/3f2a\n", new_session=True) == (7, "/autogroup-1 nice 0\n")
+    assert run("1:cpu:/\n", new_session=False) == (7, "/autogroup-1 nice 0\n")
+    assert workers.yield_to_workers(Settings(trainer_nice=7), 0, tmp_path, tmp_path) == 0
