@@ -26,8 +26,12 @@ POLL_S = 0.02
 KEYS = ("http_up_s", "ready_s", "group_joined_s", "first_batch_s", "longest_answer_s")
 
 
-def _get(service: Service, path: str) -> tuple[int, Any] | None:
-    """(status, body) of GET path on a fresh connection; None while nothing listens."""
+def _get(service: Service, path: str, starting: bool = False) -> tuple[int, Any] | None:
+    """(status, body) of GET path on a fresh connection; None while nothing listens.
+
+    `starting` (until the first answer): a reset counts as nothing listening too. Just after a
+    kill -9 the killed trainer's HTTP worker can still hold the port for a moment (the kernel
+    ends it with its parent) and resets the connections it had queued."""
     connection = http.client.HTTPConnection("127.0.0.1", service.port, timeout=120)
     try:
         connection.request("GET", path)
@@ -35,6 +39,10 @@ def _get(service: Service, path: str) -> tuple[int, Any] | None:
         body = response.read()
     except ConnectionRefusedError:
         return None
+    except ConnectionResetError:
+        if starting:
+            return None
+        raise
     finally:
         connection.close()
     return response.status, json.loads(body) if body.startswith(b"{") else None
@@ -58,7 +66,7 @@ def _milestones(service: Service, since: float) -> dict[str, Any]:
         if "ready_s" in marks:
             path = "/model"
         sent = time.perf_counter()
-        answer = _get(service, path)
+        answer = _get(service, path, starting="http_up_s" not in marks)
         now = time.perf_counter()
         if answer is None:
             time.sleep(POLL_S)
