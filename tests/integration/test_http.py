@@ -11,6 +11,7 @@ import urllib.request
 import uuid
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import ServiceProcess, produce_synthetic, service_environ, wait_for
 
@@ -188,10 +189,26 @@ def test_admin_refused_when_no_key_is_set(broker, topic, service_factory):
     assert status == 403 and "STREAMFIT_API_KEY" in answer["error"]
 
 
+def loop_stalls(service: ServiceProcess, at_least_s: float = 0.5) -> float:
+    """How often the service's event loop has woken `at_least_s` or more late, from its
+    `streamfit_event_loop_lag_seconds` histogram (start-up included)."""
+    samples = {
+        (s.name, s.labels.get("le")): s.value
+        for family in text_string_to_metric_families(service.get_text("/metrics"))
+        if family.name == "streamfit_event_loop_lag_seconds"
+        for s in family.samples
+    }
+    count = samples[("streamfit_event_loop_lag_seconds_count", None)]
+    return count - samples[("streamfit_event_loop_lag_seconds_bucket", str(at_least_s))]
+
+
 def test_predictions_keep_flowing_while_training(broker, topic, service_factory):
     produce_synthetic(broker.bootstrap, topic, rows=300, partitions=2)
     service = service_factory().start()
     service.wait_trained(300)
+    # Start-up (TensorFlow's import, the step's tracing) may stall the loop once; from here on,
+    # while it trains and serves, it must not.
+    stalls = loop_stalls(service)
     latencies: list[float] = []
     # An assert in the worker thread would only warn; failures are asserted on below.
     failures: list[str] = []
@@ -225,7 +242,7 @@ def test_predictions_keep_flowing_while_training(broker, topic, service_factory)
     assert len(latencies) > 100
     # Generous bound for a loaded 2-core CI machine; the benchmarks measure the real figures.
     assert latencies[int(len(latencies) * 0.99)] < 0.25
-    assert service.get("/healthz")["event_loop_lag_recent_max_s"] < 0.5
+    assert loop_stalls(service) == stalls, service.get("/healthz")["event_loop_lag_recent_max_s"]
 
 
 def test_predictor_role_follows_the_trainers_checkpoints(broker, topic, service_factory):
