@@ -98,7 +98,7 @@ class Settings(BaseSettings):
     # none on one CPU, in the predictor role, or with LABELS_TOPIC).
     http_workers: int | Literal["auto"] = Field("auto", union_mode="left_to_right")
     # With HTTP workers, the trainer's learning runs this much lower (nice) than they do, so a
-    # request preempts it; 0: the same priority (service.serving.workers.trainer_nice).
+    # request preempts it; 0: the same priority (service.serving.workers.yield_to_workers).
     trainer_nice: int = Field(10, ge=0, le=19)
     http_host: str = "127.0.0.1"
     http_port: int = Field(8000, ge=0, le=65535)

@@ -290,11 +290,12 @@ def session_groups_apply(
         lines = (proc / "self/cgroup").read_text().splitlines()
     except OSError:
         return False
-    for line in lines:  # "id:controllers:path"; cgroup v1 names cpu, v2 has id 0 and none
-        number, controllers, path = line.split(":", 2)
-        if "cpu" in controllers.split(","):
-            return enabled and path == "/"
-    unified = [path for number, _, path in (x.split(":", 2) for x in lines) if number == "0"]
+    # "id:controllers:path"; cgroup v1 names cpu, v2 has id 0 and no controllers listed.
+    entries = [line.split(":", 2) for line in lines]
+    cpu = [path for _, controllers, path in entries if "cpu" in controllers.split(",")]
+    if cpu:
+        return enabled and cpu[0] == "/"
+    unified = [path for number, _, path in entries if number == "0"]
     return enabled and unified == ["/"] and not (cgroups / "cpu.weight").exists()
 
 
